@@ -1,0 +1,140 @@
+"""The two checkpoint layouts of pt-spec sections 4 and 5, as plain Python: tensor names and
+shapes, and the per-rank `config.json`. Shared by the converter, the runtime's loader and the
+TensorRT-LLM network definition (which declares exactly these weights for rank t).
+"""
+
+from __future__ import annotations
+
+from .config import PT_FIELDS, PTConfig
+
+Shape = tuple[int, ...]
+
+DTYPES = ("float32", "float16", "bfloat16")
+POSITION_EMBEDDING_TYPES = {"neox": "rope_gpt_neox", "gptj": "rope_gptj"}
+
+
+def _track_shapes(cfg: PTConfig) -> dict[str, Shape]:
+    """Per-layer shapes of one track, HF names relative to `layers.{l}.`."""
+    H, d, h, g, f = cfg.hidden_size, cfg.head_dim, cfg.heads_per_track, cfg.kv_heads_per_track, cfg.ffn_per_track
+    shapes = {
+        "input_layernorm.weight": (H,),
+        "self_attn.q_proj.weight": (h * d, H),
+        "self_attn.k_proj.weight": (g * d, H),
+        "self_attn.v_proj.weight": (g * d, H),
+        "self_attn.o_proj.weight": (H, h * d),
+        "post_attention_layernorm.weight": (H,),
+        "mlp.gate_proj.weight": (f, H),
+        "mlp.up_proj.weight": (f, H),
+        "mlp.down_proj.weight": (H, f),
+    }
+    if cfg.qk_norm:
+        shapes["self_attn.q_norm.weight"] = (d,)
+        shapes["self_attn.k_norm.weight"] = (d,)
+    return shapes
+
+
+def hf_track_layout(cfg: PTConfig, track: int) -> dict[str, Shape]:
+    """Section 4 names and shapes of one track's tensors."""
+    out = {f"model.tracks.{track}.layers.{l}.{name}": shape
+           for l in range(cfg.num_hidden_layers) for name, shape in _track_shapes(cfg).items()}
+    for kind, enabled in (("dispatch_norms", cfg.track_dispatch_norm), ("combine_norms", cfg.track_combine_norm)):
+        if enabled:
+            out.update({f"model.tracks.{track}.{kind}.{b}.weight": (cfg.hidden_size,) for b in range(cfg.num_blocks)})
+    return out
+
+
+def hf_shared_layout(cfg: PTConfig) -> dict[str, Shape]:
+    """Section 4 names and shapes of the tensors all tracks share."""
+    out = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.hidden_size), "model.norm.weight": (cfg.hidden_size,)}
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = (cfg.vocab_size, cfg.hidden_size)
+    return out
+
+
+def hf_layout(cfg: PTConfig) -> dict[str, Shape]:
+    """Every tensor of the HF PT checkpoint (pt-spec section 4)."""
+    out = hf_shared_layout(cfg)
+    for t in range(cfg.num_tracks):
+        out.update(hf_track_layout(cfg, t))
+    return out
+
+
+# rank-file name -> the HF names (of track t, relative to its layers.{l}.) it is made of, in order
+RANK_LAYER_SOURCES = {
+    "input_layernorm.weight": ("input_layernorm.weight",),
+    "attention.qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "attention.dense.weight": ("self_attn.o_proj.weight",),
+    "attention.q_layernorm.weight": ("self_attn.q_norm.weight",),
+    "attention.k_layernorm.weight": ("self_attn.k_norm.weight",),
+    "post_layernorm.weight": ("post_attention_layernorm.weight",),
+    "mlp.fc.weight": ("mlp.gate_proj.weight",),
+    "mlp.gate.weight": ("mlp.up_proj.weight",),
+    "mlp.proj.weight": ("mlp.down_proj.weight",),
+}
+
+
+def rank_sources(cfg: PTConfig, rank: int) -> dict[str, tuple[str, ...]]:
+    """Section 5 name of every tensor in rank{rank}.safetensors -> the section 4 tensors it is
+    made of (concatenated along dim 0 when there are several)."""
+    out = {"transformer.vocab_embedding.weight": ("model.embed_tokens.weight",)}
+    track_names = hf_track_layout(cfg, rank)
+    for l in range(cfg.num_hidden_layers):
+        for name, parts in RANK_LAYER_SOURCES.items():
+            srcs = tuple(f"model.tracks.{rank}.layers.{l}.{p}" for p in parts)
+            if all(s in track_names for s in srcs):
+                out[f"transformer.layers.{l}.{name}"] = srcs
+    for kind, enabled in (("dispatch_norms", cfg.track_dispatch_norm), ("combine_norms", cfg.track_combine_norm)):
+        if enabled:
+            for b in range(cfg.num_blocks):
+                out[f"transformer.{kind}.{b}.weight"] = (f"model.tracks.{rank}.{kind}.{b}.weight",)
+    out["transformer.ln_f.weight"] = ("model.norm.weight",)
+    # replicated and unpadded; written even when tied (TensorRT-LLM's lm_head is its own weight)
+    out["lm_head.weight"] = ("model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight",)
+    return out
+
+
+def rank_layout(cfg: PTConfig, rank: int) -> dict[str, Shape]:
+    """Every tensor of rank{rank}.safetensors and its shape (pt-spec section 5)."""
+    hf = hf_layout(cfg)
+    out = {}
+    for name, srcs in rank_sources(cfg, rank).items():
+        shapes = [hf[s] for s in srcs]
+        out[name] = (sum(s[0] for s in shapes), *shapes[0][1:])
+    return out
+
+
+def rank_config(cfg: PTConfig, dtype: str) -> dict:
+    """The per-rank checkpoint's config.json (pt-spec section 5): TensorRT-LLM's fields, whose
+    totals TensorRT-LLM divides by tp_size = T (one track per rank), plus every PT field."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {DTYPES}")
+    T = cfg.num_tracks
+    out = {
+        "architecture": "PTForCausalLM",
+        "dtype": dtype,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "head_size": cfg.head_dim,
+        "hidden_act": "silu",
+        "norm_epsilon": cfg.rms_norm_eps,
+        "position_embedding_type": POSITION_EMBEDDING_TYPES[cfg.rope_style],
+        "rotary_base": cfg.rope_theta,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "mapping": {"world_size": T, "tp_size": T, "pp_size": 1},
+        "quantization": {"quant_algo": None, "kv_cache_quant_algo": None},
+    }
+    for name in PT_FIELDS:
+        out.setdefault(name, getattr(cfg, name))
+    return out
+
+
+def config_from_rank_config(data: dict) -> PTConfig:
+    """Rebuild the PTConfig from a per-rank config.json (its PT fields)."""
+    missing = [name for name in PT_FIELDS if name not in data]
+    if missing:
+        raise ValueError(f"per-rank config.json lacks the PT fields {missing}")
+    return PTConfig(**{name: data[name] for name in PT_FIELDS})

@@ -1,0 +1,99 @@
+"""`PTForCausalLM`: the PT model as a `transformers.PreTrainedModel` (one process, all tracks).
+
+It saves and loads the safetensors layout of pt-spec section 4, works with `generate()` (greedy and
+sampling, HF's dynamic KV cache, left-padded batches), and takes the merge schedule at run time:
+`model(ids, schedule="sublayer")` or `model.generate(ids, schedule="sublayer")`; the default is
+`config.merge_schedule`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .config import PTConfig
+from .modeling import PTModel
+
+
+def attention_mask_4d(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
+    """[B, kv_len] padding mask (1 = token) -> boolean [B, 1, q_len, kv_len] causal mask for the
+    last q_len positions. Rows with nothing to attend to (queries at padding) attend to everything:
+    their outputs are discarded, and this keeps them finite."""
+    kv_len = attention_mask.shape[1]
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=attention_mask.device)
+    causal = torch.arange(kv_len, device=attention_mask.device)[None, :] <= q_pos[:, None]
+    mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
+    return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+class PTPreTrainedModel(PreTrainedModel):
+    config_class = PTConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["DecoderLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # std ~ 1/sqrt(fan_in): random models then produce varied, non-degenerate text
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, module.in_features**-0.5)
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, 1.0)
+
+
+class PTForCausalLM(PTPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = ["lm_head.weight"]
+
+    def __init__(self, config: PTConfig):
+        super().__init__(config)
+        self.model = PTModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int = 0,
+        schedule: str | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        B, S = input_ids.shape
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(B, past + S, dtype=torch.long, device=input_ids.device)
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -S:]
+        mask = None
+        if not bool(attention_mask.all()) or (past > 0 and S > 1):
+            mask = attention_mask_4d(attention_mask, S)
+        hidden = self.model(input_ids, position_ids, mask, past_key_values, schedule)  # [B, S, H]
+        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden).float()
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits,
+                                      past_key_values=past_key_values if use_cache else None)

@@ -1,0 +1,232 @@
+"""The PT model in plain PyTorch (pt-spec section 3). Single-device code: the tracks run one after
+another and `merge` combines them. The distributed runtime builds the same `PTModel` with only its
+own track and a `merge` that all-reduces; nothing else here knows about ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .merge import TrackMerge
+from .schedule import Segment, build_schedule
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * w, computed in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+class Rotary(nn.Module):
+    """RoPE angles for integer positions."""
+
+    def __init__(self, head_dim: int, theta: float, style: str):
+        super().__init__()
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim
+        self.register_buffer("inv_freq", 1.0 / theta**exponent, persistent=False)
+        self.style = style
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # positions: [B, S] -> cos, sin: [B, 1, S, d/2] (float32; broadcast over heads)
+        angles = positions[:, None, :, None].float() * self.inv_freq
+        return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str) -> torch.Tensor:
+    """Rotate x [B, heads, S, d]: "neox" pairs dims (i, i + d/2), "gptj" pairs (2i, 2i + 1)."""
+    x32 = x.float()
+    if style == "neox":
+        x1, x2 = x32.chunk(2, dim=-1)
+        out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    else:
+        x1, x2 = x32[..., 0::2], x32[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    return out.to(x.dtype)
+
+
+@dataclass
+class Context:
+    """What every attention layer of one forward pass shares."""
+
+    rope: tuple[torch.Tensor, torch.Tensor]
+    mask: torch.Tensor | None
+    """Boolean [B, 1, S, kv_len] (True = attend), or None: no cached past, plain causal."""
+    cache: object | None
+    """An HF-style cache: `update(k, v, index) -> (k_all, v_all)`; index = local track * L + layer."""
+
+
+class Attention(nn.Module):
+    def __init__(self, heads: int, kv_heads: int, head_dim: int, hidden: int, qk_norm: bool,
+                 eps: float, rope_style: str):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim, self.rope_style = heads, kv_heads, head_dim, rope_style
+        self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
+        if qk_norm:
+            self.q_norm = RMSNorm(head_dim, eps)
+            self.k_norm = RMSNorm(head_dim, eps)
+        self.qk_norm = qk_norm
+        self.qkv_weight: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        """Inference: one [q; k; v] matmul. The q/k/v weights become views of the fused one."""
+        self.qkv_weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]).detach()
+        for proj, part in zip((self.q_proj, self.k_proj, self.v_proj), self.qkv_weight.split(self._sizes())):
+            proj.weight = nn.Parameter(part, requires_grad=False)
+
+    def _sizes(self) -> list[int]:
+        return [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
+
+    def forward(self, x: torch.Tensor, ctx: Context, cache_index: int) -> torch.Tensor:
+        B, S, _ = x.shape
+        if self.qkv_weight is not None:
+            q, k, v = F.linear(x, self.qkv_weight).split(self._sizes(), dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, S, self.heads, self.head_dim).transpose(1, 2)  # [B, h, S, d]
+        k = k.view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, g, S, d]
+        v = v.view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, g, S, d]
+        q, k = apply_rope(q, *ctx.rope, self.rope_style), apply_rope(k, *ctx.rope, self.rope_style)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(k, v, cache_index)  # [B, g, kv_len, d]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None and S > 1,
+            enable_gqa=self.kv_heads != self.heads)  # [B, h, S, d]
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, self.heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden: int, ffn: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, ffn, bias=False)
+        self.up_proj = nn.Linear(hidden, ffn, bias=False)
+        self.down_proj = nn.Linear(ffn, hidden, bias=False)
+        self.gate_up_weight: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        """Inference: one [gate; up] matmul; the gate/up weights become views of the fused one."""
+        self.gate_up_weight = torch.cat([self.gate_proj.weight, self.up_proj.weight]).detach()
+        gate, up = self.gate_up_weight.chunk(2)
+        self.gate_proj.weight = nn.Parameter(gate, requires_grad=False)
+        self.up_proj.weight = nn.Parameter(up, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_weight is not None:
+            gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm Llama layer of one track, run as two residual steps."""
+
+    def __init__(self, config):
+        super().__init__()
+        H, eps = config.hidden_size, config.rms_norm_eps
+        self.input_layernorm = RMSNorm(H, eps)
+        self.self_attn = Attention(config.heads_per_track, config.kv_heads_per_track, config.head_dim,
+                                   H, config.qk_norm, eps, config.rope_style)
+        self.post_attention_layernorm = RMSNorm(H, eps)
+        self.mlp = MLP(H, config.ffn_per_track)
+
+    def step(self, kind: str, h: torch.Tensor, ctx: Context, cache_index: int) -> torch.Tensor:
+        if kind == "attn":
+            return h + self.self_attn(self.input_layernorm(h), ctx, cache_index)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Track(nn.Module):
+    """One track: L layers plus the optional per-block dispatch and combine norms."""
+
+    def __init__(self, config, cache_offset: int):
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        if config.track_dispatch_norm:
+            self.dispatch_norms = nn.ModuleList(
+                RMSNorm(config.hidden_size, config.rms_norm_eps) for _ in range(config.num_blocks))
+        if config.track_combine_norm:
+            self.combine_norms = nn.ModuleList(
+                RMSNorm(config.hidden_size, config.rms_norm_eps) for _ in range(config.num_blocks))
+        self.cache_offset = cache_offset
+
+    def forward(self, segment: Segment, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        h = x
+        if segment.dispatch_block is not None and hasattr(self, "dispatch_norms"):
+            h = self.dispatch_norms[segment.dispatch_block](h)
+        for layer, kind in segment.steps:
+            h = self.layers[layer].step(kind, h, ctx, self.cache_offset + layer)
+        if segment.combine_block is not None and hasattr(self, "combine_norms"):
+            h = self.combine_norms[segment.combine_block](h)
+        return h
+
+
+@lru_cache(maxsize=None)
+def _segments(schedule: str, num_layers: int, block_depth: int) -> tuple[Segment, ...]:
+    return tuple(build_schedule(schedule, num_layers, block_depth))
+
+
+class PTModel(nn.Module):
+    """Embedding -> L/D track blocks (or the chosen schedule) with merges -> final norm.
+
+    `tracks` lists the track ids this instance holds (all of them by default); `merge` combines
+    the tracks' hidden states after each segment (`TrackMerge` in one process; the runtime passes
+    an all-reduce with the same interface).
+    """
+
+    def __init__(self, config, tracks: Sequence[int] | None = None, merge: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.track_ids = list(range(config.num_tracks) if tracks is None else tracks)
+        L = config.num_hidden_layers
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.tracks = nn.ModuleList(Track(config, i * L) for i in range(len(self.track_ids)))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_style)
+        self.merge = merge if merge is not None else TrackMerge(config.combine_op, config.num_tracks)
+
+    def segments(self, schedule: str) -> tuple[Segment, ...]:
+        cfg = self.config
+        if schedule == "sublayer" and (cfg.track_dispatch_norm or cfg.track_combine_norm):
+            raise ValueError("the sublayer schedule is undefined for models with track_dispatch_norm or "
+                             "track_combine_norm (those norms belong to track blocks)")
+        if schedule == "none" and len(self.tracks) != 1:
+            raise ValueError("the none schedule (no merges; timing only) needs exactly one track per process")
+        return _segments(schedule, cfg.num_hidden_layers, cfg.block_depth)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
+                cache=None, schedule: str | None = None) -> torch.Tensor:
+        # input_ids, positions: [B, S] -> normed hidden states [B, S, H]
+        ctx = Context(self.rotary(positions), mask, cache)
+        x = self.embed_tokens(input_ids)
+        for segment in self.segments(schedule or self.config.merge_schedule):
+            hs = [track(segment, x, ctx) for track in self.tracks]
+            x = self.merge(x, hs) if segment.merge else hs[0]
+        return self.norm(x)
+
+    def fuse(self) -> None:
+        """Fuse q/k/v and gate/up projections for inference (weights stay shared, not copied)."""
+        for track in self.tracks:
+            for layer in track.layers:
+                layer.self_attn.fuse()
+                layer.mlp.fuse()

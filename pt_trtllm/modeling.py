@@ -26,9 +26,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
 
 
 class Rotary(nn.Module):
@@ -41,13 +39,13 @@ class Rotary(nn.Module):
         self.style = style
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # positions: [B, S] -> cos, sin: [B, 1, S, d/2] (float32; broadcast over heads)
-        angles = positions[:, None, :, None].float() * self.inv_freq
+        # positions: [B, S] -> cos, sin: [B, S, 1, d/2] (float32; broadcast over heads)
+        angles = positions[:, :, None, None].float() * self.inv_freq
         return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str) -> torch.Tensor:
-    """Rotate x [B, heads, S, d]: "neox" pairs dims (i, i + d/2), "gptj" pairs (2i, 2i + 1)."""
+    """Rotate x [B, S, heads, d]: "neox" pairs dims (i, i + d/2), "gptj" pairs (2i, 2i + 1)."""
     x32 = x.float()
     if style == "neox":
         x1, x2 = x32.chunk(2, dim=-1)
@@ -95,22 +93,23 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: Context, cache_index: int) -> torch.Tensor:
         B, S, _ = x.shape
-        if self.qkv_weight is not None:
-            q, k, v = F.linear(x, self.qkv_weight).split(self._sizes(), dim=-1)
+        h, g, d = self.heads, self.kv_heads, self.head_dim
+        if self.qkv_weight is not None:  # one matmul, and RoPE on q and k heads at once
+            qk, v = F.linear(x, self.qkv_weight).split([(h + g) * d, g * d], dim=-1)
+            q, k = apply_rope(qk.view(B, S, h + g, d), *ctx.rope, self.rope_style).split([h, g], dim=2)
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(B, S, self.heads, self.head_dim).transpose(1, 2)  # [B, h, S, d]
-        k = k.view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, g, S, d]
-        v = v.view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, g, S, d]
-        q, k = apply_rope(q, *ctx.rope, self.rope_style), apply_rope(k, *ctx.rope, self.rope_style)
+            q = apply_rope(self.q_proj(x).view(B, S, h, d), *ctx.rope, self.rope_style)
+            k = apply_rope(self.k_proj(x).view(B, S, g, d), *ctx.rope, self.rope_style)
+            v = self.v_proj(x)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, h, S, d], [B, g, S, d]
+        v = v.reshape(B, S, g, d).transpose(1, 2)  # [B, g, S, d]
         if ctx.cache is not None:
             k, v = ctx.cache.update(k, v, cache_index)  # [B, g, kv_len, d]
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None and S > 1,
-            enable_gqa=self.kv_heads != self.heads)  # [B, h, S, d]
-        return self.o_proj(out.transpose(1, 2).reshape(B, S, self.heads * self.head_dim))
+            q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None and S > 1, enable_gqa=g != h)  # [B, h, S, d]
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, h * d))
 
 
 class MLP(nn.Module):

@@ -1,0 +1,205 @@
+"""`TrackEngine`: what one rank runs. It holds its track of a per-rank checkpoint, a preallocated
+KV cache, and the communicator; it runs prefill and decode forward passes (merges are the only
+collectives inside them) and batched generation in which rank 0 samples and broadcasts each token
+(one "other" collective per step), so every rank agrees on every token.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..convert.safetensors_dir import CheckpointError
+from ..merge import AllReduceMerge
+from ..schedule import merges_per_forward
+from .cache import SlotKVCache
+from .comm import Communicator
+from .loader import load_rank, read_rank_config
+from .sampling import SamplingParams, sample
+
+
+@dataclass
+class Generation:
+    output_ids: list[list[int]]
+    """Generated tokens of each prompt, ending at and including EOS if it was generated."""
+    schedule: str
+    merges_per_forward: int
+    """Hidden-state collectives counted in each forward pass (prefill and every decode step)."""
+    other_collectives_per_step: int
+    """Collectives outside the forward pass per generated token (the token broadcast)."""
+    timings: dict = field(default_factory=dict)
+    prefill_logits: torch.Tensor | None = None
+    """[batch, prompt_len, vocab] float32, when asked for."""
+
+
+class TrackEngine:
+    """One rank of a PT model served on `comm.world_size` ranks (one track each)."""
+
+    def __init__(self, engine_dir: str | Path, comm: Communicator, device: torch.device, max_batch: int = 8,
+                 max_len: int | None = None, dtype: torch.dtype | None = None, cuda_graphs: bool = True):
+        cfg, _ = read_rank_config(engine_dir)
+        if comm.world_size != cfg.num_tracks:
+            raise CheckpointError(f"{engine_dir} has {cfg.num_tracks} tracks and needs exactly {cfg.num_tracks} "
+                                  f"ranks (mpirun -n {cfg.num_tracks}); this run has {comm.world_size}")
+        self.comm, self.device = comm, device
+        merge = AllReduceMerge(cfg.combine_op, cfg.num_tracks, comm)
+        self.model, self.lm_head, self.cfg = load_rank(engine_dir, comm.rank, merge, device, dtype)
+        self.dtype = self.lm_head.dtype
+        self.max_len = min(max_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
+        self.max_batch = max_batch
+        self.cache = SlotKVCache(cfg.num_hidden_layers, max_batch, cfg.kv_heads_per_track, self.max_len,
+                                 cfg.head_dim, self.dtype, device)
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self._graphs: dict[tuple[int, str], _DecodeGraph] = {}
+
+    # ---- forward passes --------------------------------------------------------------------------
+    def expected_merges(self, schedule: str) -> int:
+        return merges_per_forward(schedule, self.cfg.num_hidden_layers, self.cfg.block_depth)
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]], slots: list[int], schedule: str,
+                all_logits: bool = False) -> torch.Tensor:
+        """Run prompts (right-padded into one batch) into cache `slots`; logits of each prompt's
+        last token [b, V] (float32), or of every position [b, S, V] with `all_logits`."""
+        lens = torch.tensor([len(p) for p in prompts], device=self.device)
+        S = int(lens.max())
+        ids = torch.zeros(len(prompts), S, dtype=torch.long, device=self.device)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(p, device=self.device)
+        positions = torch.arange(S, device=self.device).expand(len(prompts), S)
+        self.cache.prefill(torch.tensor(slots, device=self.device))
+        hidden = self.model(ids, positions, None, self.cache, schedule)  # [b, S, H]
+        if all_logits:
+            return F.linear(hidden, self.lm_head).float()
+        last = hidden[torch.arange(len(prompts), device=self.device), lens - 1]  # [b, H]
+        return F.linear(last, self.lm_head).float()
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, schedule: str) -> torch.Tensor:
+        """One token for each of slots 0..n-1 (tokens, positions: [n]) -> logits [n, V] (float32)."""
+        if self.cuda_graphs:
+            key = (tokens.shape[0], schedule)
+            if key not in self._graphs:
+                self._graphs[key] = _DecodeGraph(self, tokens.shape[0], schedule)
+            return self._graphs[key].replay(tokens, positions)
+        return self._decode(tokens, positions, schedule, int(positions.max()) + 1)
+
+    def _decode(self, tokens: torch.Tensor, positions: torch.Tensor, schedule: str, kv_len: int) -> torch.Tensor:
+        self.cache.decode(positions, kv_len)
+        mask = (torch.arange(kv_len, device=self.device) <= positions[:, None])[:, None, None, :]  # [n, 1, 1, kv]
+        hidden = self.model(tokens[:, None], positions[:, None], mask, self.cache, schedule)  # [n, 1, H]
+        return F.linear(hidden[:, 0], self.lm_head).float()
+
+    # ---- generation ------------------------------------------------------------------------------
+    def check_request(self, prompts: list[list[int]], max_output_len: int) -> None:
+        """ValueError naming the problem for a batch this engine cannot run."""
+        if not prompts:
+            raise ValueError("no prompts given")
+        if len(prompts) > self.max_batch:
+            raise ValueError(f"{len(prompts)} prompts exceed the maximum batch size {self.max_batch}")
+        if max_output_len < 1:
+            raise ValueError(f"max_output_len must be >= 1, got {max_output_len}")
+        limit = self.max_len - max_output_len
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompt {i} is empty")
+            if len(p) > limit:
+                raise ValueError(f"prompt {i} has {len(p)} tokens; with max_output_len={max_output_len} the limit "
+                                 f"is {limit} (max_position_embeddings={self.max_len})")
+            bad = [t for t in p if not 0 <= t < self.cfg.vocab_size]
+            if bad:
+                raise ValueError(f"prompt {i} has token ids outside [0, {self.cfg.vocab_size}): {bad[:5]}")
+
+    def agree(self, logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
+        """Rank 0 samples, every rank receives its tokens [n] (one counted "other" collective)."""
+        tokens = sample(logits, params, generator) if self.comm.rank == 0 else \
+            torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+        return self.comm.broadcast(tokens, root=0, kind="other")
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], max_output_len: int, params: SamplingParams = SamplingParams(),
+                 schedule: str | None = None, eos_ids: set[int] | None = None,
+                 prefill_logits: bool = False) -> Generation:
+        schedule = schedule or self.cfg.merge_schedule
+        self.check_request(prompts, max_output_len)
+        if prefill_logits and len({len(p) for p in prompts}) != 1:
+            raise ValueError("prefill logits need prompts of equal length")
+        eos = set(eos_ids or ())
+        generator = params.generator(self.device) if self.comm.rank == 0 else None
+        n = len(prompts)
+        self.comm.reset_counts()
+        self._sync()
+        start = time.perf_counter()
+        logits = self.prefill(prompts, list(range(n)), schedule, all_logits=prefill_logits)
+        merges = self.comm.calls["merge"]
+        full = logits if prefill_logits else None
+        tokens = self.agree(logits[:, -1] if prefill_logits else logits, params, generator)
+        others = self.comm.calls["other"]
+        out = [[t] for t in tokens.tolist()]
+        done = [t in eos for t in tokens.tolist()]
+        self._sync()
+        ttft = time.perf_counter() - start
+        positions = torch.tensor([len(p) for p in prompts], device=self.device)
+        steps = []
+        for _ in range(max_output_len - 1):
+            if all(done):
+                break
+            t0 = time.perf_counter()
+            tokens = self.agree(self.decode(tokens, positions, schedule), params, generator)
+            positions += 1
+            for i, t in enumerate(tokens.tolist()):
+                if not done[i]:
+                    out[i].append(t)
+                    done[i] = t in eos
+            steps.append(time.perf_counter() - t0)
+        total = time.perf_counter() - start
+        decode_merges = (self.comm.calls["merge"] - merges) / max(1, len(steps))
+        if steps and decode_merges != merges:
+            raise RuntimeError(f"decode steps ran {decode_merges} merges per forward, prefill ran {merges}")
+        generated = sum(len(o) for o in out)
+        timings = {"ttft_ms": ttft * 1e3, "tpot_ms": 1e3 * sum(steps) / len(steps) if steps else None,
+                   "total_ms": total * 1e3, "decode_steps": len(steps), "generated_tokens": generated,
+                   "output_tokens_per_s": generated / total}
+        return Generation(out, schedule, merges, others, timings, full)
+
+
+class _DecodeGraph:
+    """A CUDA graph of one decode step for n slots (the whole cache length is attended, masked),
+    so decode steps are not bound by Python launch overhead. Collectives recorded at capture are
+    replayed by the graph and counted on each replay."""
+
+    def __init__(self, engine: TrackEngine, n: int, schedule: str):
+        self.engine = engine
+        comm, device = engine.comm, engine.device
+        self.tokens = torch.zeros(n, dtype=torch.long, device=device)
+        # warm-up and capture write (garbage) at the last position, which every sequence
+        # overwrites itself before it attends to it
+        self.positions = torch.full((n,), engine.max_len - 1, dtype=torch.long, device=device)
+        calls, sizes = comm.calls.copy(), comm.bytes.copy()
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):  # warm up outside the graph (also initializes NCCL)
+            engine._decode(self.tokens, self.positions, schedule, engine.max_len)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        warm_calls, warm_bytes = comm.calls.copy(), comm.bytes.copy()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = engine._decode(self.tokens, self.positions, schedule, engine.max_len)
+        self.calls, self.bytes = comm.calls - warm_calls, comm.bytes - warm_bytes  # what one replay runs
+        comm.calls, comm.bytes = calls, sizes  # count the steps that are served, not the warm-up
+
+    def replay(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.positions.copy_(positions)
+        self.graph.replay()
+        self.engine.comm.calls.update(self.calls)
+        self.engine.comm.bytes.update(self.bytes)
+        return self.logits.clone()

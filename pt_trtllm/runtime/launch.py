@@ -1,0 +1,52 @@
+"""What every `mpirun -n T` entry point does first: pick the device and thread count, make the
+communicator, and agree across ranks on start-up errors (each rank prints them; none hangs)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, TypeVar
+
+import torch
+
+from .comm import Communicator, make_communicator
+
+T = TypeVar("T")
+
+
+def local_ranks() -> int:
+    for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_SIZE"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
+
+
+def setup(device: str | None, threads: int | None) -> tuple[torch.device, Communicator]:
+    """The device of this rank (cuda:rank % n_gpus, or cpu) and its communicator. On CPU each rank
+    gets `threads` torch threads (default: the cores divided among the ranks of this machine)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_ranks()))
+        return torch.device("cpu"), make_communicator(torch.device("cpu"))
+    probe = make_communicator(torch.device("cpu"))  # rank, to pick the GPU
+    dev = torch.device("cuda", probe.rank % torch.cuda.device_count())
+    torch.cuda.set_device(dev)
+    return dev, make_communicator(dev)
+
+
+def agree(comm: Communicator, what: Callable[[], T], errors: tuple[type[BaseException], ...] = (ValueError,)) -> T:
+    """Run `what` on every rank; if it raised `errors` on any rank, every rank prints the first
+    rank's message and exits with status 2 (instead of the others hanging in a collective)."""
+    result, error = None, None
+    try:
+        result = what()
+    except errors as e:
+        error = str(e)
+    failed = [(r, e) for r, e in enumerate(comm.all_errors(error)) if e is not None]
+    if failed:
+        rank, message = failed[0]
+        where = f"rank {rank}: " if comm.world_size > 1 and rank != comm.rank else ""
+        print(f"error: {where}{message}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    return result

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Generate text with a PT model served on T ranks, one track per rank (pt-spec section 7).
+
+  mpirun -n T python scripts/run.py --engine_dir DIR --max_output_len N
+      (--input_text TEXT [TEXT ...] --tokenizer_dir TOK | --input_ids "1,2,3;4,5")
+      [--schedule {block,sublayer,none}] [--temperature F --top_k K --top_p P --seed S]
+      [--output_json PATH] [--output_logits PATH.npy]
+
+DIR is a per-rank checkpoint from convert_checkpoint.py (run by the PyTorch runtime: MPI on CPU,
+NCCL on GPUs) or an engine directory from build.py (run by TensorRT-LLM).
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from pt_trtllm.convert.safetensors_dir import CheckpointError
+from pt_trtllm.runtime.launch import agree, setup
+from pt_trtllm.runtime.sampling import SamplingParams
+from pt_trtllm.schedule import SCHEDULES
+
+NONE_NOTE = "schedule 'none' never merges the tracks: a timing-only upper bound, NOT a model output"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--engine_dir", required=True, help="per-rank checkpoint or TensorRT-LLM engine directory")
+    p.add_argument("--max_output_len", type=int, required=True, help="tokens to generate (at most)")
+    p.add_argument("--input_text", nargs="+", help="prompt(s); needs --tokenizer_dir")
+    p.add_argument("--tokenizer_dir", help="HF tokenizer directory")
+    p.add_argument("--input_ids", help='token ids: "1,2,3;4,5" (prompts separated by ";")')
+    p.add_argument("--schedule", choices=SCHEDULES, help="merge schedule (default: the checkpoint's merge_schedule)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top_k", type=int, default=0, help="0 = no top-k filter")
+    p.add_argument("--top_p", type=float, default=1.0, help="1 = no nucleus filter")
+    p.add_argument("--seed", type=int, help="sampling seed")
+    p.add_argument("--end_id", type=int, help="EOS token id (default: the model's eos_token_id)")
+    p.add_argument("--output_json", help="write ids, text, merge counts and timings here (rank 0)")
+    p.add_argument("--output_logits", help="write the prefill logits [batch, prompt_len, vocab] as float32 .npy")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    p.add_argument("--threads", type=int, help="torch threads per rank on CPU (default: cores / local ranks)")
+    p.add_argument("--no_cuda_graphs", action="store_true", help="run CUDA decode steps eagerly")
+    return p.parse_args(argv)
+
+
+def prompts_from(args, tokenizer) -> list[list[int]]:
+    if (args.input_text is None) == (args.input_ids is None):
+        raise ValueError("give exactly one of --input_text or --input_ids")
+    if args.input_text is not None:
+        if tokenizer is None:
+            raise ValueError("--input_text needs --tokenizer_dir")
+        return [tokenizer.encode(t) for t in args.input_text]
+    try:
+        return [[int(x) for x in part.split(",") if x.strip()] for part in args.input_ids.split(";")]
+    except ValueError:
+        raise ValueError(f"--input_ids {args.input_ids!r} is not a list like \"1,2,3;4,5\"") from None
+
+
+def load_tokenizer(path):
+    if path is None:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - any failure is a bad --tokenizer_dir
+        raise ValueError(f"--tokenizer_dir {path}: cannot load a tokenizer ({e.__class__.__name__})") from None
+
+
+def write_atomic(path: str, write) -> None:
+    """Write through a temporary file in the same directory, renamed at the end."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from pt_trtllm.trtllm.detect import is_engine_dir
+
+    if is_engine_dir(args.engine_dir):
+        from pt_trtllm.trtllm.runner import run_engine
+
+        return run_engine(args)
+
+    device, comm = setup(args.device, args.threads)
+
+    def start():
+        from pt_trtllm.runtime.engine import TrackEngine
+
+        params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
+        tokenizer = load_tokenizer(args.tokenizer_dir)
+        prompts = prompts_from(args, tokenizer)
+        longest = max((len(p) for p in prompts), default=0)
+        engine = TrackEngine(args.engine_dir, comm, device, max_batch=max(1, len(prompts)),
+                             max_len=longest + args.max_output_len, cuda_graphs=not args.no_cuda_graphs)
+        engine.check_request(prompts, args.max_output_len)
+        if args.output_logits and len({len(p) for p in prompts}) != 1:
+            raise ValueError("--output_logits needs prompts of equal length")
+        eos = args.end_id if args.end_id is not None else engine.cfg.eos_token_id
+        if eos is None and tokenizer is not None:
+            eos = tokenizer.eos_token_id
+        eos_ids = set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
+        return engine, tokenizer, prompts, params, eos_ids
+
+    engine, tokenizer, prompts, params, eos_ids = agree(comm, start, (ValueError, CheckpointError))
+    try:
+        gen = engine.generate(prompts, args.max_output_len, params, args.schedule, eos_ids,
+                              prefill_logits=bool(args.output_logits))
+    except Exception:  # a failure here can differ between ranks: take them all down
+        traceback.print_exc()
+        sys.stderr.flush()
+        comm.abort(1)
+        return 1
+    if comm.rank != 0:
+        return 0
+    text = [tokenizer.decode(ids, skip_special_tokens=True) for ids in gen.output_ids] if tokenizer else None
+    if gen.schedule == "none":
+        print(f"[{NONE_NOTE}]")
+    for i, ids in enumerate(gen.output_ids):
+        shown = repr(text[i]) if text else ids
+        print(f"[{i}] prompt {len(prompts[i])} tokens -> {len(ids)} generated: {shown}")
+    t = gen.timings
+    tpot = f"{t['tpot_ms']:.2f} ms" if t["tpot_ms"] is not None else "n/a"
+    print(f"schedule={gen.schedule} merges/forward={gen.merges_per_forward} "
+          f"other collectives/step={gen.other_collectives_per_step} ranks={comm.world_size} "
+          f"comm={comm.name} device={device} TTFT={t['ttft_ms']:.1f} ms TPOT={tpot}")
+    if args.output_json:
+        record = {"output_ids": gen.output_ids, "text": text, "schedule": gen.schedule,
+                  "merges_per_forward": gen.merges_per_forward,
+                  "other_collectives_per_step": gen.other_collectives_per_step, "timings": t,
+                  "world_size": comm.world_size, "communicator": comm.name, "device": str(device),
+                  "dtype": str(engine.dtype).removeprefix("torch.")}
+        if gen.schedule == "none":
+            record["note"] = NONE_NOTE
+        write_atomic(args.output_json, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
+    if args.output_logits:
+        write_atomic(args.output_logits, lambda f: np.save(f, gen.prefill_logits.cpu().numpy()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -152,8 +152,9 @@ class PTConfig(PretrainedConfig):
                 raise ValueError(f"{name}={getattr(self, name)} is not divisible by num_tracks={t}")
         if self.heads_per_track % self.kv_heads_per_track:
             raise ValueError(
-                f"query heads per track ({self.num_attention_heads}/{t}={self.heads_per_track}) are not "
-                f"divisible by KV heads per track ({self.num_key_value_heads}/{t}={self.kv_heads_per_track})")
+                f"query heads per track (num_attention_heads/num_tracks = {self.num_attention_heads}/{t} = "
+                f"{self.heads_per_track}) are not divisible by KV heads per track (num_key_value_heads/num_tracks"
+                f" = {self.num_key_value_heads}/{t} = {self.kv_heads_per_track})")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
         if self.num_hidden_layers % self.block_depth:

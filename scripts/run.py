@@ -141,7 +141,8 @@ def main(argv=None) -> int:
     if args.output_json:
         record = {"output_ids": gen.output_ids, "text": text, "schedule": gen.schedule,
                   "merges_per_forward": gen.merges_per_forward,
-                  "other_collectives_per_step": gen.other_collectives_per_step, "timings": t,
+                  "other_collectives_per_step": gen.other_collectives_per_step,
+                  "other_collectives_per_forward": gen.other_collectives_per_forward, "timings": t,
                   "world_size": comm.world_size, "communicator": comm.name, "device": str(device),
                   "dtype": str(engine.dtype).removeprefix("torch.")}
         if gen.schedule == "none":

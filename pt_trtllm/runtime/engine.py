@@ -31,6 +31,8 @@ class Generation:
     """Hidden-state collectives counted in each forward pass (prefill and every decode step)."""
     other_collectives_per_step: int
     """Collectives outside the forward pass per generated token (the token broadcast)."""
+    other_collectives_per_forward: int
+    """Collectives other than merges inside the forward passes (0 by design)."""
     timings: dict = field(default_factory=dict)
     prefill_logits: torch.Tensor | None = None
     """[batch, prompt_len, vocab] float32, when asked for."""
@@ -139,10 +141,10 @@ class TrackEngine:
         self._sync()
         start = time.perf_counter()
         logits = self.prefill(prompts, list(range(n)), schedule, all_logits=prefill_logits)
-        merges = self.comm.calls["merge"]
+        merges, before = self.comm.calls["merge"], self.comm.calls["other"]
         full = logits if prefill_logits else None
         tokens = self.agree(logits[:, -1] if prefill_logits else logits, params, generator)
-        others = self.comm.calls["other"]
+        others = self.comm.calls["other"] - before  # per sampled token
         out = [[t] for t in tokens.tolist()]
         done = [t in eos for t in tokens.tolist()]
         self._sync()
@@ -161,6 +163,7 @@ class TrackEngine:
                     done[i] = t in eos
             steps.append(time.perf_counter() - t0)
         total = time.perf_counter() - start
+        others_in_forward = self.comm.calls["other"] - others * (1 + len(steps))
         decode_merges = (self.comm.calls["merge"] - merges) / max(1, len(steps))
         if steps and decode_merges != merges:
             raise RuntimeError(f"decode steps ran {decode_merges} merges per forward, prefill ran {merges}")
@@ -168,7 +171,7 @@ class TrackEngine:
         timings = {"ttft_ms": ttft * 1e3, "tpot_ms": 1e3 * sum(steps) / len(steps) if steps else None,
                    "total_ms": total * 1e3, "decode_steps": len(steps), "generated_tokens": generated,
                    "output_tokens_per_s": generated / total}
-        return Generation(out, schedule, merges, others, timings, full)
+        return Generation(out, schedule, merges, others, others_in_forward, timings, full)
 
 
 class _DecodeGraph:

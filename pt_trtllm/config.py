@@ -106,7 +106,7 @@ class PTConfig(PretrainedConfig):
             pad_token_id=pad_token_id,
             **kwargs,
         )
-        self.validate()
+        self.check_fields()
 
     # ---- derived per-track sizes -------------------------------------------------------------
     @property
@@ -129,13 +129,8 @@ class PTConfig(PretrainedConfig):
         """L / D: track blocks per track, and merges per forward pass under the block schedule."""
         return self.num_hidden_layers // self.block_depth
 
-    @property
-    def layer_types(self) -> list[str]:
-        """One entry per (track, layer) KV-cache slot, track-major: what HF caches allocate."""
-        return ["full_attention"] * (self.num_tracks * self.num_hidden_layers)
-
     # ---- validation --------------------------------------------------------------------------
-    def validate(self) -> None:
+    def check_fields(self) -> None:
         """Raise ValueError naming the field and the values for every invalid setting (the first)."""
         for name in ("vocab_size", "hidden_size", "num_tracks", "num_hidden_layers", "block_depth",
                      "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",

@@ -138,3 +138,26 @@ def config_from_rank_config(data: dict) -> PTConfig:
     if missing:
         raise ValueError(f"per-rank config.json lacks the PT fields {missing}")
     return PTConfig(**{name: data[name] for name in PT_FIELDS})
+
+
+def padded_vocab_size(cfg: PTConfig) -> int:
+    """Rows of the LM head in a TensorRT-LLM engine: the vocabulary rounded up to a multiple of T,
+    the logits width the TensorRT-LLM runtime expects of a T-rank engine. The rank files store the
+    unpadded [V, H] head; the network definition pads it with zero rows when it loads them."""
+    T = cfg.num_tracks
+    return -(-cfg.vocab_size // T) * T
+
+
+def check_rank_config(data: dict) -> PTConfig:
+    """The PTConfig of a per-rank config.json (or of a TensorRT-LLM config dict carrying the same
+    fields), after checking that every TensorRT-LLM field agrees with the PT fields: ValueError
+    naming the first field that does not (an edited head_size, a quantized checkpoint, a mapping
+    that is not one track per rank, ...)."""
+    cfg = config_from_rank_config(data)
+    for key, want in rank_config(cfg, data.get("dtype")).items():
+        have = data.get(key)
+        if isinstance(want, dict):
+            have = {k: have.get(k) for k in want} if isinstance(have, dict) else have
+        if have != want:
+            raise ValueError(f"config.json field {key}={have!r} disagrees with the PT fields, which give {want!r}")
+    return cfg

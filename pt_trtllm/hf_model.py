@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import PTConfig
-from .modeling import PTModel
+from .modeling import PTModel, RMSNorm, Rotary
 
 
 def attention_mask_4d(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
@@ -29,6 +29,14 @@ def attention_mask_4d(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
     return mask | ~mask.any(dim=-1, keepdim=True)
 
 
+def fit_cache(cache, num_layers: int) -> None:
+    """HF creates caches with one layer per `num_hidden_layers`; a PT model keeps one per (track,
+    layer), indexed track * L + layer: add the missing ones to an empty cache."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None and len(layers) < num_layers and cache.get_seq_length() == 0:
+        layers.extend(DynamicLayer() for _ in range(num_layers - len(layers)))
+
+
 class PTPreTrainedModel(PreTrainedModel):
     config_class = PTConfig
     base_model_prefix = "model"
@@ -37,15 +45,25 @@ class PTPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # std ~ 1/sqrt(fan_in): random models then produce varied, non-degenerate text
+        """Random init with std ~ 1/sqrt(fan_in) (random models then produce varied text). Tensors
+        that transformers 5 has already loaded carry `_is_hf_initialized` and are kept."""
+
+        def fill(tensor: torch.Tensor, init) -> None:
+            if not getattr(tensor, "_is_hf_initialized", False):
+                init(tensor)
+
         if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, module.in_features**-0.5)
+            fill(module.weight, lambda w: w.normal_(0.0, module.in_features**-0.5))
         elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, 1.0)
+            fill(module.weight, lambda w: w.normal_(0.0, 1.0))
+        elif isinstance(module, RMSNorm):
+            fill(module.weight, lambda w: w.fill_(1.0))
+        elif isinstance(module, Rotary):  # a buffer, not in checkpoints
+            module.inv_freq.copy_(module.frequencies())
 
 
 class PTForCausalLM(PTPreTrainedModel, GenerationMixin):
-    _tied_weights_keys = ["lm_head.weight"]
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}  # a dict for transformers 5; 4.x reads its keys
 
     def __init__(self, config: PTConfig):
         super().__init__(config)
@@ -81,6 +99,8 @@ class PTForCausalLM(PTPreTrainedModel, GenerationMixin):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
+        if past_key_values is not None:
+            fit_cache(past_key_values, self.config.num_tracks * self.config.num_hidden_layers)
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         if attention_mask is None:
             attention_mask = torch.ones(B, past + S, dtype=torch.long, device=input_ids.device)

@@ -34,9 +34,12 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, theta: float, style: str):
         super().__init__()
-        exponent = torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim
-        self.register_buffer("inv_freq", 1.0 / theta**exponent, persistent=False)
-        self.style = style
+        self.head_dim, self.theta, self.style = head_dim, theta, style
+        self.register_buffer("inv_freq", self.frequencies(), persistent=False)
+
+    def frequencies(self) -> torch.Tensor:
+        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim
+        return 1.0 / self.theta**exponent
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # positions: [B, S] -> cos, sin: [B, S, 1, d/2] (float32; broadcast over heads)

@@ -128,7 +128,7 @@ def make_communicator(device: torch.device) -> Communicator:
     """MPI when launched by mpirun/mpiexec (or mpi4py is importable), NCCL on top of it for CUDA."""
     try:
         mpi = MPIComm()
-    except ImportError:
+    except (ImportError, RuntimeError):  # no mpi4py, or no MPI library behind it: one rank
         mpi = None
     if device.type == "cuda":
         return NCCLComm(mpi if mpi and mpi.world_size > 1 else None, device)

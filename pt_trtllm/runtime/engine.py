@@ -47,10 +47,22 @@ class TrackEngine:
         if comm.world_size != cfg.num_tracks:
             raise CheckpointError(f"{engine_dir} has {cfg.num_tracks} tracks and needs exactly {cfg.num_tracks} "
                                   f"ranks (mpirun -n {cfg.num_tracks}); this run has {comm.world_size}")
-        self.comm, self.device = comm, device
         merge = AllReduceMerge(cfg.combine_op, cfg.num_tracks, comm)
-        self.model, self.lm_head, self.cfg = load_rank(engine_dir, comm.rank, merge, device, dtype)
-        self.dtype = self.lm_head.dtype
+        model, lm_head, cfg = load_rank(engine_dir, comm.rank, merge, device, dtype)
+        self._setup(model, lm_head, comm, device, max_batch, max_len, cuda_graphs)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, lm_head: torch.Tensor, comm: Communicator, device: torch.device,
+                   max_batch: int = 8, max_len: int | None = None, cuda_graphs: bool = True) -> "TrackEngine":
+        """An engine around a one-track `PTModel` built in memory (e.g. random weights on a GPU)."""
+        engine = cls.__new__(cls)
+        engine._setup(model, lm_head, comm, device, max_batch, max_len, cuda_graphs)
+        return engine
+
+    def _setup(self, model, lm_head, comm, device, max_batch, max_len, cuda_graphs) -> None:
+        self.model, self.lm_head, self.cfg = model, lm_head, model.config
+        self.comm, self.device, self.dtype = comm, device, lm_head.dtype
+        cfg = self.cfg
         self.max_len = min(max_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.max_batch = max_batch
         self.cache = SlotKVCache(cfg.num_hidden_layers, max_batch, cfg.kv_heads_per_track, self.max_len,

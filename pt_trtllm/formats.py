@@ -14,7 +14,7 @@ POSITION_EMBEDDING_TYPES = {"neox": "rope_gpt_neox", "gptj": "rope_gptj"}
 
 
 def _track_shapes(cfg: PTConfig) -> dict[str, Shape]:
-    """Per-layer shapes of one track, HF names relative to `layers.{l}.`."""
+    """Per-layer shapes of one track, HF names relative to `layers.{layer}.`."""
     H, d, h, g, f = cfg.hidden_size, cfg.head_dim, cfg.heads_per_track, cfg.kv_heads_per_track, cfg.ffn_per_track
     shapes = {
         "input_layernorm.weight": (H,),
@@ -35,8 +35,8 @@ def _track_shapes(cfg: PTConfig) -> dict[str, Shape]:
 
 def hf_track_layout(cfg: PTConfig, track: int) -> dict[str, Shape]:
     """Section 4 names and shapes of one track's tensors."""
-    out = {f"model.tracks.{track}.layers.{l}.{name}": shape
-           for l in range(cfg.num_hidden_layers) for name, shape in _track_shapes(cfg).items()}
+    out = {f"model.tracks.{track}.layers.{layer}.{name}": shape
+           for layer in range(cfg.num_hidden_layers) for name, shape in _track_shapes(cfg).items()}
     for kind, enabled in (("dispatch_norms", cfg.track_dispatch_norm), ("combine_norms", cfg.track_combine_norm)):
         if enabled:
             out.update({f"model.tracks.{track}.{kind}.{b}.weight": (cfg.hidden_size,) for b in range(cfg.num_blocks)})
@@ -59,7 +59,7 @@ def hf_layout(cfg: PTConfig) -> dict[str, Shape]:
     return out
 
 
-# rank-file name -> the HF names (of track t, relative to its layers.{l}.) it is made of, in order
+# rank-file name -> the HF names (of track t, relative to its layers.{layer}.) it is made of, in order
 RANK_LAYER_SOURCES = {
     "input_layernorm.weight": ("input_layernorm.weight",),
     "attention.qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
@@ -78,11 +78,11 @@ def rank_sources(cfg: PTConfig, rank: int) -> dict[str, tuple[str, ...]]:
     made of (concatenated along dim 0 when there are several)."""
     out = {"transformer.vocab_embedding.weight": ("model.embed_tokens.weight",)}
     track_names = hf_track_layout(cfg, rank)
-    for l in range(cfg.num_hidden_layers):
+    for layer in range(cfg.num_hidden_layers):
         for name, parts in RANK_LAYER_SOURCES.items():
-            srcs = tuple(f"model.tracks.{rank}.layers.{l}.{p}" for p in parts)
+            srcs = tuple(f"model.tracks.{rank}.layers.{layer}.{p}" for p in parts)
             if all(s in track_names for s in srcs):
-                out[f"transformer.layers.{l}.{name}"] = srcs
+                out[f"transformer.layers.{layer}.{name}"] = srcs
     for kind, enabled in (("dispatch_norms", cfg.track_dispatch_norm), ("combine_norms", cfg.track_combine_norm)):
         if enabled:
             for b in range(cfg.num_blocks):

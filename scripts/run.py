@@ -12,15 +12,11 @@ NCCL on GPUs) or an engine directory from build.py (run by TensorRT-LLM).
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import traceback
-from pathlib import Path
-
-import numpy as np
 
 from pt_trtllm.convert.safetensors_dir import CheckpointError
+from pt_trtllm.runio import end_ids, load_tokenizer, npy_bytes, parse_prompts, write_atomic
 from pt_trtllm.runtime.launch import agree, setup
 from pt_trtllm.runtime.sampling import SamplingParams
 from pt_trtllm.schedule import SCHEDULES
@@ -49,44 +45,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def prompts_from(args, tokenizer) -> list[list[int]]:
-    if (args.input_text is None) == (args.input_ids is None):
-        raise ValueError("give exactly one of --input_text or --input_ids")
-    if args.input_text is not None:
-        if tokenizer is None:
-            raise ValueError("--input_text needs --tokenizer_dir")
-        return [tokenizer.encode(t) for t in args.input_text]
-    try:
-        return [[int(x) for x in part.split(",") if x.strip()] for part in args.input_ids.split(";")]
-    except ValueError:
-        raise ValueError(f"--input_ids {args.input_ids!r} is not a list like \"1,2,3;4,5\"") from None
-
-
-def load_tokenizer(path):
-    if path is None:
-        return None
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # noqa: BLE001 - any failure is a bad --tokenizer_dir
-        raise ValueError(f"--tokenizer_dir {path}: cannot load a tokenizer ({e.__class__.__name__})") from None
-
-
-def write_atomic(path: str, write) -> None:
-    """Write through a temporary file in the same directory, renamed at the end."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from pt_trtllm.trtllm.detect import is_engine_dir
@@ -103,17 +61,14 @@ def main(argv=None) -> int:
 
         params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
         tokenizer = load_tokenizer(args.tokenizer_dir)
-        prompts = prompts_from(args, tokenizer)
+        prompts = parse_prompts(args, tokenizer)
         longest = max((len(p) for p in prompts), default=0)
         engine = TrackEngine(args.engine_dir, comm, device, max_batch=max(1, len(prompts)),
                              max_len=longest + args.max_output_len, cuda_graphs=not args.no_cuda_graphs)
         engine.check_request(prompts, args.max_output_len)
         if args.output_logits and len({len(p) for p in prompts}) != 1:
             raise ValueError("--output_logits needs prompts of equal length")
-        eos = args.end_id if args.end_id is not None else engine.cfg.eos_token_id
-        if eos is None and tokenizer is not None:
-            eos = tokenizer.eos_token_id
-        eos_ids = set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
+        eos_ids = set(end_ids(args.end_id, engine.cfg.eos_token_id, tokenizer))
         return engine, tokenizer, prompts, params, eos_ids
 
     engine, tokenizer, prompts, params, eos_ids = agree(comm, start, (ValueError, CheckpointError))
@@ -147,9 +102,9 @@ def main(argv=None) -> int:
                   "dtype": str(engine.dtype).removeprefix("torch.")}
         if gen.schedule == "none":
             record["note"] = NONE_NOTE
-        write_atomic(args.output_json, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
+        write_atomic(args.output_json, (json.dumps(record, indent=2) + "\n").encode())
     if args.output_logits:
-        write_atomic(args.output_logits, lambda f: np.save(f, gen.prefill_logits.cpu().numpy()))
+        write_atomic(args.output_logits, npy_bytes(gen.prefill_logits.cpu().numpy()))
     return 0
 
 

@@ -57,8 +57,8 @@ def llama_name_map(cfg: PTConfig) -> tuple[dict, dict]:
         shapes["lm_head.weight"] = (cfg.vocab_size, H)
     name_map = {name: Take(name) for name in shapes}
     all_cols = slice(None)
-    for l in range(cfg.num_hidden_layers):
-        p = f"model.layers.{l}."
+    for layer in range(cfg.num_hidden_layers):
+        p = f"model.layers.{layer}."
         shapes.update({
             p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
             p + "self_attn.q_proj.weight": (T * hd, H), p + "self_attn.k_proj.weight": (T * gd, H),
@@ -67,7 +67,7 @@ def llama_name_map(cfg: PTConfig) -> tuple[dict, dict]:
             p + "mlp.down_proj.weight": (H, T * f),
         })
         for t in range(T):
-            q = f"model.tracks.{t}.layers.{l}."
+            q = f"model.tracks.{t}.layers.{layer}."
             rows_q, rows_kv, rows_f = slice(t * hd, (t + 1) * hd), slice(t * gd, (t + 1) * gd), slice(t * f, (t + 1) * f)
             name_map.update({
                 q + "input_layernorm.weight": Take(p + "input_layernorm.weight"),

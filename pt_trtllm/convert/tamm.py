@@ -92,8 +92,8 @@ def tamm_name_map(cfg: PTConfig, c: dict) -> tuple[dict, dict]:
     shapes = {PREFIX + "embedding.weight": (cfg.vocab_size, H), PREFIX + "output_norm.weight": (H,)}
     name_map = {"model.embed_tokens.weight": Take(PREFIX + "embedding.weight"),
                 "model.norm.weight": Take(PREFIX + "output_norm.weight")}
-    for l in range(cfg.num_hidden_layers):
-        p = f"{PREFIX}layers.segment_{l // D}.layer_{l % D}."
+    for layer in range(cfg.num_hidden_layers):
+        p = f"{PREFIX}layers.segment_{layer // D}.layer_{layer % D}."
         layer = {
             "attention.norm.weight": (T, H), "attention.qkv_transform.fused_linear.weight": (T, H, hd + 2 * gd),
             "attention.output_transform.weight": (T, hd, H), "feed_forward.norm.weight": (T, H),
@@ -105,7 +105,7 @@ def tamm_name_map(cfg: PTConfig, c: dict) -> tuple[dict, dict]:
         shapes.update({p + k: v for k, v in layer.items()})
         qkv = p + "attention.qkv_transform.fused_linear.weight"
         for t in range(T):
-            q = f"model.tracks.{t}.layers.{l}."
+            q = f"model.tracks.{t}.layers.{layer}."
             name_map.update({
                 q + "input_layernorm.weight": Take(p + "attention.norm.weight", t),
                 q + "self_attn.q_proj.weight": Take(qkv, (t, slice(None), slice(0, hd)), transpose=True),

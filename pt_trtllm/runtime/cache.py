@@ -30,6 +30,12 @@ class SlotKVCache:
         slot's future)."""
         self._positions, self._kv_len, self._slots = positions, kv_len, None
 
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy positions 0..length-1 of slot `src` into slot `dst` in every layer (a server keeps
+        its running sequences in slots 0..n-1 by moving the last one into a finished one's slot)."""
+        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
+        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+
     def update(self, k: torch.Tensor, v: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._positions is None:
             # k, v: [b, g, S, d] -> written to slots, positions 0..S-1

@@ -82,8 +82,8 @@ def load_rank(engine_dir: str | Path, rank: int, merge: torch.nn.Module, device:
         parts = tensors[name].split([hf_shapes[s][0] for s in srcs])
         for src, part in zip(srcs, parts):
             params[_param_name(src)].data = part
-    for l, layer in enumerate(model.tracks[0].layers):
-        layer.self_attn.qkv_weight = tensors[f"transformer.layers.{l}.attention.qkv.weight"]  # q/k/v: views
+    for i, layer in enumerate(model.tracks[0].layers):
+        layer.self_attn.qkv_weight = tensors[f"transformer.layers.{i}.attention.qkv.weight"]  # q/k/v: views
         layer.mlp.fuse()
     model.eval().requires_grad_(False)
     return model, tensors["lm_head.weight"], cfg

@@ -9,16 +9,12 @@ same fields as the PyTorch runtime); the other ranks serve inside the TensorRT-L
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-import numpy as np
 
+from ..runio import end_ids, load_tokenizer, npy_bytes, parse_prompts, write_atomic
 from ..schedule import merges_per_forward
 from .support import EngineInfo, engine_schedule, read_engine_info
 
@@ -62,36 +58,11 @@ def run_engine(args) -> int:
     if args.output_json:
         write_atomic(args.output_json, (json.dumps(record, indent=2) + "\n").encode())
     if args.output_logits:
-        write_atomic(args.output_logits, _npy_bytes(logits))
+        write_atomic(args.output_logits, npy_bytes(logits))
     return 0
 
 
 # ---- inputs --------------------------------------------------------------------------------------
-def load_tokenizer(path):
-    if path is None:
-        return None
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # noqa: BLE001 - any failure is a bad --tokenizer_dir
-        raise ValueError(f"--tokenizer_dir {path}: cannot load a tokenizer ({e.__class__.__name__})") from None
-
-
-def parse_prompts(args, tokenizer) -> list[list[int]]:
-    """Token ids of every prompt, from --input_text (with the tokenizer) or --input_ids "1,2;3"."""
-    if (args.input_text is None) == (args.input_ids is None):
-        raise ValueError("give exactly one of --input_text or --input_ids")
-    if args.input_text is not None:
-        if tokenizer is None:
-            raise ValueError("--input_text needs --tokenizer_dir")
-        return [tokenizer.encode(t) for t in args.input_text]
-    try:
-        return [[int(x) for x in part.split(",") if x.strip()] for part in args.input_ids.split(";")]
-    except ValueError:
-        raise ValueError(f"--input_ids {args.input_ids!r} is not a list like \"1,2,3;4,5\"") from None
-
-
 def check_request(info: EngineInfo, prompts: list[list[int]], max_output_len: int, world_size: int,
                   want_logits: bool) -> None:
     """ValueError naming the problem for a run these engines cannot do."""
@@ -121,16 +92,6 @@ def check_request(info: EngineInfo, prompts: list[list[int]], max_output_len: in
             raise ValueError("--output_logits needs engines built with --gather_context_logits")
         if len({len(p) for p in prompts}) != 1:
             raise ValueError("--output_logits needs prompts of equal length")
-
-
-def end_ids(end_id: int | None, model_eos, tokenizer) -> list[int]:
-    """The EOS ids, the first of which TensorRT-LLM stops on: --end_id, else the model's, else the tokenizer's."""
-    eos = end_id if end_id is not None else model_eos
-    if eos is None and tokenizer is not None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return []
-    return list(eos) if isinstance(eos, list) else [eos]
 
 
 def sampling_kwargs(args) -> dict:
@@ -205,23 +166,3 @@ def report(record: dict, prompts: list[list[int]]) -> None:
     tpot = f"{t['tpot_ms']:.2f} ms" if t["tpot_ms"] is not None else "n/a"
     print(f"schedule={record['schedule']} merges/forward={record['merges_per_forward']} "
           f"ranks={record['world_size']} runtime=tensorrt_llm TTFT={t['ttft_ms']:.1f} ms TPOT={tpot}")
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array.astype(np.float32))
-    return buffer.getvalue()
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write through a temporary file in the same directory, renamed at the end."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -1,0 +1,67 @@
+"""Inputs and outputs of the runners (scripts/run.py on the PyTorch runtime and on TensorRT-LLM
+engines): prompts from the command line, the tokenizer, EOS ids, and atomic output files."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def load_tokenizer(path):
+    if path is None:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - any failure is a bad --tokenizer_dir
+        raise ValueError(f"--tokenizer_dir {path}: cannot load a tokenizer ({e.__class__.__name__})") from None
+
+
+def parse_prompts(args, tokenizer) -> list[list[int]]:
+    """Token ids of every prompt, from --input_text (with the tokenizer) or --input_ids "1,2;3"."""
+    if (args.input_text is None) == (args.input_ids is None):
+        raise ValueError("give exactly one of --input_text or --input_ids")
+    if args.input_text is not None:
+        if tokenizer is None:
+            raise ValueError("--input_text needs --tokenizer_dir")
+        return [tokenizer.encode(t) for t in args.input_text]
+    try:
+        return [[int(x) for x in part.split(",") if x.strip()] for part in args.input_ids.split(";")]
+    except ValueError:
+        raise ValueError(f"--input_ids {args.input_ids!r} is not a list like \"1,2,3;4,5\"") from None
+
+
+def end_ids(end_id: int | None, model_eos, tokenizer) -> list[int]:
+    """The EOS ids: --end_id, else the model's eos_token_id (an id or a list), else the tokenizer's."""
+    eos = end_id if end_id is not None else model_eos
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return []
+    return list(eos) if isinstance(eos, list) else [eos]
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """A float32 .npy file's bytes."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, dtype=np.float32))
+    return buffer.getvalue()
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write through a temporary file in the same directory, renamed at the end."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,159 @@
+"""The TensorRT-LLM engine path end to end. Needs TensorRT-LLM 1.2.1 (TensorRT 10.x), a GPU to build
+and two GPUs plus mpirun to run; skipped with the reason otherwise. A tiny random 2-track model
+(fp16) is converted, built with scripts/build.py and with trtllm-build --model_cls_file, its network
+is inspected (exactly L/D AllReduce plugin layers under "block", 2L under "sublayer", no other
+collective), and `mpirun -n 2 scripts/run.py` on the engines gives the PyTorch runtime's tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import REPO, make_pt_model
+
+from pt_trtllm.convert.writer import convert
+from pt_trtllm.schedule import merges_per_forward
+from pt_trtllm.trtllm.detect import is_engine_dir
+
+pytest.importorskip("tensorrt_llm",
+                    reason="TensorRT-LLM 1.2.1 is not installed (the engine tests need it, a GPU and mpirun)")
+
+if not torch.cuda.is_available():
+    pytest.skip("building TensorRT engines needs a GPU", allow_module_level=True)
+
+BUILD, RUN = str(REPO / "scripts" / "build.py"), str(REPO / "scripts" / "run.py")
+MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
+PROMPTS = [[5, 17, 33, 2, 99, 100, 7], [400, 3, 3, 250, 11, 64, 1]]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+       "PYTHONUNBUFFERED": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+SHAPES = ["--max_batch_size", "2", "--max_input_len", "16", "--max_seq_len", "32"]
+needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2 or MPIRUN is None,
+                                    reason="running the engines needs 2 GPUs and mpirun")
+
+
+def run(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO, check=False)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A random 2-track PT model (block schedule, combine_op residual_sum so that its sublayer
+    engine is its TP form) and its fp16 per-rank checkpoint."""
+    model = make_pt_model("tiny", seed=3, combine_op="residual_sum")
+    hf = tmp_path_factory.mktemp("hf")
+    model.save_pretrained(hf)
+    ckpt = tmp_path_factory.mktemp("ckpt") / "ckpt"
+    convert(hf, ckpt, dtype="float16", progress=False)
+    return model, ckpt
+
+
+@pytest.fixture(scope="session")
+def engines(tiny, tmp_path_factory):
+    """{schedule: engine dir} built by scripts/build.py from the same checkpoint."""
+    _, ckpt = tiny
+    out = {}
+    for schedule in ("block", "sublayer"):
+        dst = tmp_path_factory.mktemp(f"engines_{schedule}")
+        r = run([sys.executable, BUILD, "--checkpoint_dir", str(ckpt), "--output_dir", str(dst), "--schedule",
+                 schedule, "--gather_context_logits", "--output_timing_cache", str(dst / "model.cache"), *SHAPES])
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[schedule] = dst
+    return out
+
+
+def allreduce_layers(ckpt, schedule: str, monkeypatch) -> tuple[int, int]:
+    """(AllReduce, AllGather) plugin layers of rank 0's network, built in this process with
+    TensorRT-LLM's build() (dry run: the network, not the engine)."""
+    from tensorrt_llm import builder
+    from tensorrt_llm.network import get_plugin_info
+
+    from pt_trtllm.trtllm.model import PTForCausalLM
+
+    data = json.loads((ckpt / "config.json").read_text())
+    config = PTForCausalLM.config_class(**{**data, "merge_schedule": schedule})
+    config.set_rank(0)
+    model = PTForCausalLM.from_checkpoint(str(ckpt), config=config)
+    counts = []
+
+    def inspect(network):
+        trt_network = network.trt_network
+        names = [get_plugin_info(trt_network, trt_network.get_layer(i).name) for i in range(trt_network.num_layers)]
+        names = [info.plugin_name for info in names if info is not None]
+        counts.append((names.count("allreduce"), names.count("allgather")))
+        return optimize(network)
+
+    optimize = builder.optimize
+    monkeypatch.setattr(builder, "optimize", inspect)
+    builder.build(model, builder.BuildConfig(max_batch_size=2, max_input_len=16, max_seq_len=32, dry_run=True,
+                                             output_timing_cache=None))
+    (result,) = counts
+    return result
+
+
+@pytest.mark.parametrize("schedule", ["block", "sublayer"])
+def test_the_network_holds_exactly_the_merges(tiny, schedule, monkeypatch):
+    model, ckpt = tiny
+    cfg = model.config
+    allreduces, allgathers = allreduce_layers(ckpt, schedule, monkeypatch)
+    expected = merges_per_forward(schedule, cfg.num_hidden_layers, cfg.block_depth)
+    assert expected == (cfg.num_hidden_layers // cfg.block_depth if schedule == "block" else 2 * cfg.num_hidden_layers)
+    assert (allreduces, allgathers) == (expected, 0)
+
+
+def test_build_writes_t_rank_engines_recording_their_schedule(tiny, engines):
+    for schedule, path in engines.items():
+        assert is_engine_dir(path) and sorted(p.name for p in path.glob("rank*.engine")) == ["rank0.engine",
+                                                                                            "rank1.engine"]
+        assert json.loads((path / "config.json").read_text())["pretrained_config"]["merge_schedule"] == schedule
+
+
+def test_trtllm_build_with_model_cls_file_builds_the_same_engines(tiny, tmp_path):
+    _, ckpt = tiny
+    trtllm_build = shutil.which("trtllm-build")
+    if trtllm_build is None:
+        pytest.skip("trtllm-build is not on PATH")
+    r = run([trtllm_build, "--checkpoint_dir", str(ckpt), "--output_dir", str(tmp_path / "e"), "--model_cls_file",
+             str(REPO / "pt_trtllm" / "trtllm" / "model.py"), "--model_cls_name", "PTForCausalLM", "--workers", "1",
+             "--output_timing_cache", str(tmp_path / "model.cache"), *SHAPES])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert is_engine_dir(tmp_path / "e")
+
+
+def mpirun_run(engine_dir, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    ids = ";".join(",".join(map(str, p)) for p in PROMPTS)
+    return run([MPIRUN, "-n", "2", sys.executable, RUN, "--engine_dir", str(engine_dir), "--input_ids", ids,
+                "--max_output_len", "8", *args], timeout=600)
+
+
+@needs_two_gpus
+@pytest.mark.parametrize("schedule", ["block", "sublayer"])
+def test_engines_give_the_pytorch_runtime_tokens(tiny, engines, tmp_path, schedule):
+    """Same fp16 checkpoint, same schedule, greedy: the engines' tokens are the PyTorch runtime's;
+    the prefill logits are the fp32 single-process model's within fp16 accuracy."""
+    model, ckpt = tiny
+    ref = mpirun_run(ckpt, tmp_path, "--schedule", schedule, "--output_json", str(tmp_path / "ref.json"))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    r = mpirun_run(engines[schedule], tmp_path, "--output_json", str(tmp_path / "trt.json"), "--output_logits",
+                   str(tmp_path / "logits.npy"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out, expected = json.loads((tmp_path / "trt.json").read_text()), json.loads((tmp_path / "ref.json").read_text())
+    assert out["schedule"] == schedule
+    assert out["merges_per_forward"] == expected["merges_per_forward"]
+    assert out["output_ids"] == expected["output_ids"]
+    with torch.no_grad():
+        ref_logits = model(torch.tensor(PROMPTS), schedule=schedule).logits.numpy()
+    logits = np.load(tmp_path / "logits.npy")
+    assert logits.shape == ref_logits.shape and logits.dtype == np.float32
+    assert float(np.abs(logits - ref_logits).max()) <= 5e-2
+
+
+@needs_two_gpus
+def test_a_schedule_that_contradicts_the_engine_is_refused(engines, tmp_path):
+    r = mpirun_run(engines["block"], tmp_path, "--schedule", "sublayer")
+    assert r.returncode != 0 and "contradicts the engine" in r.stderr

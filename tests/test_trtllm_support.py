@@ -1,0 +1,218 @@
+"""The parts of the TensorRT-LLM path that run without TensorRT-LLM: detecting an engine directory,
+reading what an engine records, refusing what an engine cannot express, the runner's request checks
+and output records, the one-line errors of build.py and run.py without TensorRT-LLM, and that the
+network-definition files parse and pass ruff."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from pt_trtllm import PTConfig
+from pt_trtllm.formats import rank_config
+from pt_trtllm.trtllm import runner
+from pt_trtllm.trtllm.detect import is_engine_dir
+from pt_trtllm.trtllm.support import (
+    EngineInfo,
+    check_supported,
+    engine_schedule,
+    read_engine_info,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+TRTLLM_FILES = sorted((REPO / "pt_trtllm" / "trtllm").glob("*.py")) + [REPO / "scripts" / "build.py"]
+HAS_TRTLLM = importlib.util.find_spec("tensorrt_llm") is not None
+
+
+def write_engine_dir(path: Path, cfg: PTConfig, schedule: str | None = None, **build) -> Path:
+    """An engine directory as TensorRT-LLM's Engine.save lays it out (config.json: version,
+    pretrained_config = PretrainedConfig.to_dict(), build_config), with empty rank files."""
+    pretrained = rank_config(cfg, "float16")
+    pretrained["mapping"] = {**pretrained["mapping"], "gpus_per_node": 8, "cp_size": 1}
+    pretrained["quantization"] = {**pretrained["quantization"], "group_size": 128}
+    pretrained["logits_dtype"] = "float32"
+    if schedule:
+        pretrained["merge_schedule"] = schedule
+    build_config = {"max_batch_size": 4, "max_input_len": 64, "max_seq_len": 128, "gather_context_logits": False,
+                    **build}
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"version": "1.2.1", "pretrained_config": pretrained,
+                                                  "build_config": build_config}))
+    for rank in range(cfg.num_tracks):
+        (path / f"rank{rank}.engine").write_bytes(b"")
+    return path
+
+
+def args(**kw) -> Namespace:
+    base = {"engine_dir": None, "max_output_len": 8, "input_text": None, "tokenizer_dir": None, "input_ids": "1,2,3",
+            "schedule": None, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": None, "end_id": None,
+            "output_json": None, "output_logits": None}
+    return Namespace(**{**base, **kw})
+
+
+# ---- detection and what an engine records -------------------------------------------------------
+def test_is_engine_dir_tells_engines_from_per_rank_checkpoints(tmp_path):
+    engines = write_engine_dir(tmp_path / "engines", PTConfig.from_preset("tiny"))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "rank0.safetensors").write_bytes(b"")
+    assert is_engine_dir(engines) and not is_engine_dir(ckpt) and not is_engine_dir(tmp_path / "missing")
+
+
+def test_read_engine_info_gives_the_schedule_the_engine_was_built_with(tmp_path):
+    cfg = PTConfig.from_preset("tiny", combine_op="residual_sum")
+    info = read_engine_info(write_engine_dir(tmp_path / "e", cfg, schedule="sublayer", gather_context_logits=True))
+    assert info.schedule == "sublayer" and info.cfg.combine_op == "residual_sum"
+    assert (info.dtype, info.max_batch_size, info.max_input_len, info.max_seq_len) == ("float16", 4, 64, 128)
+    assert info.gather_context_logits
+
+
+def test_read_engine_info_refuses_other_directories(tmp_path):
+    with pytest.raises(ValueError, match="not a TensorRT-LLM engine config"):
+        read_engine_info(tmp_path)
+    engines = write_engine_dir(tmp_path / "llama", PTConfig.from_preset("tiny"))
+    data = json.loads((engines / "config.json").read_text())
+    data["pretrained_config"]["architecture"] = "LlamaForCausalLM"
+    (engines / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="not PTForCausalLM"):
+        read_engine_info(engines)
+
+
+@pytest.mark.parametrize("requested", [None, "block"])
+def test_the_engine_schedule_is_reported(tmp_path, requested):
+    info = read_engine_info(write_engine_dir(tmp_path / "e", PTConfig.from_preset("tiny")))
+    assert engine_schedule(requested, info) == "block"
+
+
+@pytest.mark.parametrize("requested, match", [("sublayer", "contradicts the engine"),
+                                              ("none", "not built into engines")])
+def test_a_schedule_that_contradicts_the_engine_is_refused(tmp_path, requested, match):
+    info = read_engine_info(write_engine_dir(tmp_path / "e", PTConfig.from_preset("tiny")))
+    with pytest.raises(ValueError, match=match):
+        engine_schedule(requested, info)
+
+
+# ---- what an engine can express -----------------------------------------------------------------
+@pytest.mark.parametrize("overrides, schedule", [
+    ({}, "block"), ({"rope_style": "gptj"}, "block"), ({"combine_op": "residual_sum"}, "sublayer"),
+    ({"track_dispatch_norm": True, "track_combine_norm": True}, "block"),
+])
+def test_supported_models(overrides, schedule):
+    check_supported(PTConfig.from_preset("tiny", **overrides), schedule)
+
+
+@pytest.mark.parametrize("overrides, schedule, named", [
+    ({"qk_norm": True}, "block", "qk_norm"),
+    ({"track_combine_norm": True}, "sublayer", "track_combine_norm"),
+    ({}, "none", "none"),
+])
+def test_unsupported_models_are_refused_by_name(overrides, schedule, named):
+    with pytest.raises(ValueError, match=named):
+        check_supported(PTConfig.from_preset("tiny", **overrides), schedule)
+
+
+# ---- the runner's own logic ---------------------------------------------------------------------
+def info(**kw) -> EngineInfo:
+    base = {"cfg": PTConfig.from_preset("tiny"), "schedule": "block", "dtype": "float16", "max_batch_size": 2,
+            "max_input_len": 16, "max_seq_len": 32, "gather_context_logits": False}
+    return EngineInfo(**{**base, **kw})
+
+
+@pytest.mark.parametrize("prompts, max_output_len, world, logits, match", [
+    ([[1, 2]], 4, 1, False, "need exactly 2 processes"),
+    ([], 4, 2, False, "no prompts"),
+    ([[1], [2], [3]], 4, 2, False, "max_batch_size 2"),
+    ([[1]], 0, 2, False, "max_output_len must be >= 1"),
+    ([list(range(17))], 4, 2, False, "at most 16"),
+    ([list(range(10))], 30, 2, False, "at most 2"),
+    ([[1, 512]], 4, 2, False, "outside"),
+    ([[1, 2]], 4, 2, True, "gather_context_logits"),
+])
+def test_check_request_refuses_what_the_engines_cannot_run(prompts, max_output_len, world, logits, match):
+    with pytest.raises(ValueError, match=match):
+        runner.check_request(info(), prompts, max_output_len, world, logits)
+
+
+def test_check_request_needs_equal_lengths_for_logits():
+    with pytest.raises(ValueError, match="equal length"):
+        runner.check_request(info(gather_context_logits=True), [[1, 2], [3]], 4, 2, True)
+    runner.check_request(info(gather_context_logits=True), [[1, 2], [3, 4]], 4, 2, True)
+
+
+@pytest.mark.parametrize("ids, prompt_len, seq_len, eos, max_out, expected", [
+    ([5, 6, 7, 8, 2, 2], 2, 6, [2], 4, [7, 8, 2]),  # stops at and includes the first EOS
+    ([5, 6, 7, 8, 9, 9], 2, 4, [2], 4, [7, 8, 2]),  # stopped early without the EOS token: put back
+    ([5, 6, 7, 8, 9, 10], 2, 6, [2], 4, [7, 8, 9, 10]),  # ran to max_output_len
+    ([5, 6, 7, -1, -1], 2, 3, [], 3, [7]),  # no EOS known: nothing is added
+    ([5, 6, 7, 3, 2], 2, 5, [2, 3], 3, [7, 3]),  # any of several EOS ids
+])
+def test_generated_tokens_end_at_and_include_eos(ids, prompt_len, seq_len, eos, max_out, expected):
+    assert runner.generated_tokens(ids, prompt_len, seq_len, eos, max_out) == expected
+
+
+def test_end_ids_and_sampling_arguments():
+    assert runner.end_ids(7, [2, 3], None) == [7]
+    assert runner.end_ids(None, [2, 3], None) == [2, 3]
+    assert runner.end_ids(None, None, Namespace(eos_token_id=5)) == [5]
+    assert runner.end_ids(None, None, None) == []
+    assert runner.sampling_kwargs(args()) == {"top_k": 1}
+    assert runner.sampling_kwargs(args(temperature=0.7, top_k=5, top_p=0.9, seed=3)) == {
+        "temperature": 0.7, "top_k": 5, "top_p": 0.9, "random_seed": 3}
+
+
+def test_prompts_come_from_exactly_one_source():
+    assert runner.parse_prompts(args(input_ids="1,2,3;4,5"), None) == [[1, 2, 3], [4, 5]]
+    with pytest.raises(ValueError, match="exactly one"):
+        runner.parse_prompts(args(input_ids=None), None)
+    with pytest.raises(ValueError, match="needs --tokenizer_dir"):
+        runner.parse_prompts(args(input_ids=None, input_text=["hi"]), None)
+    with pytest.raises(ValueError, match="is not a list"):
+        runner.parse_prompts(args(input_ids="1,x"), None)
+
+
+# ---- without TensorRT-LLM -----------------------------------------------------------------------
+@pytest.mark.skipif(HAS_TRTLLM, reason="tensorrt_llm is installed: the install hint is not printed")
+def test_build_without_tensorrt_llm_prints_one_line_and_fails(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build.py"), "--checkpoint_dir", str(tmp_path)],
+                            check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert result.stdout == "" and result.stderr.count("\n") == 1 and "tensorrt_llm==1.2.1" in result.stderr
+
+
+@pytest.mark.skipif(HAS_TRTLLM, reason="tensorrt_llm is installed: the install hint is not printed")
+def test_run_on_an_engine_dir_without_tensorrt_llm_prints_one_line_and_fails(tmp_path, capsys):
+    engines = write_engine_dir(tmp_path / "e", PTConfig.from_preset("tiny"))
+    assert runner.run_engine(args(engine_dir=str(engines))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tensorrt_llm==1.2.1" in err
+
+
+def test_nothing_outside_pt_trtllm_trtllm_imports_the_network_definition():
+    for path in (REPO / "pt_trtllm").rglob("*.py"):
+        if path.parent.name == "trtllm":
+            continue
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [n for n in names if n.startswith("tensorrt_llm") or n.endswith("trtllm.model")], path
+
+
+@pytest.mark.parametrize("path", TRTLLM_FILES, ids=lambda p: p.name)
+def test_network_definition_files_parse(path):
+    ast.parse(path.read_text(), filename=str(path))
+
+
+def test_network_definition_files_pass_ruff():
+    if importlib.util.find_spec("ruff") is None:
+        pytest.skip("ruff is not installed (pip install ruff)")
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", *map(str, TRTLLM_FILES)],
+                            check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -14,7 +14,6 @@ Writes gpu_check.json and gpu_check.md to --out.
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time

@@ -159,6 +159,10 @@ class PTConfig(PretrainedConfig):
                               ("merge_schedule", MERGE_SCHEDULES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        if self.merge_schedule == "sublayer" and (self.track_dispatch_norm or self.track_combine_norm):
+            raise ValueError("merge_schedule='sublayer' cannot be used with track_dispatch_norm or track_combine_norm "
+                             f"(got {self.track_dispatch_norm}, {self.track_combine_norm}): those norms belong to "
+                             "track blocks")
         if self.combine_op == "residual_sum" and self.track_dispatch_norm:
             raise ValueError("combine_op='residual_sum' cannot be used with track_dispatch_norm=True: "
                              "the block input x of x + sum_t(h_t - x) would be ambiguous")

@@ -68,6 +68,30 @@ def load_gguf_model(gguf: Path, dtype):
     return model.eval()
 
 
+def fix_special_tokens(tokenizer, gguf: Path):
+    """transformers' GGUF tokenizer conversion (4.57) sets eos_token to the BOS token and adds a BOS
+    to every prompt, whatever the GGUF says; restore the GGUF's own special tokens (for SmolLM2:
+    bos <|im_start|>, eos and pad <|im_end|>, no BOS added), as in the original HF tokenizer."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+
+    def value(key):
+        field = fields.get(key)
+        return None if field is None else field.parts[field.data[0]].tolist()[0]
+
+    tokens = {"bos_token": value("tokenizer.ggml.bos_token_id"), "eos_token": value("tokenizer.ggml.eos_token_id"),
+              "pad_token": value("tokenizer.ggml.padding_token_id")}
+    for name, token_id in tokens.items():
+        if token_id is not None:
+            setattr(tokenizer, name, tokenizer.convert_ids_to_tokens(int(token_id)))
+    for flag in ("add_bos_token", "add_eos_token"):
+        on = value(f"tokenizer.ggml.{flag}")
+        if on is not None and hasattr(tokenizer, flag):
+            setattr(tokenizer, flag, bool(on))
+    return tokenizer
+
+
 def export(gguf: Path, output_dir: Path, force: bool) -> None:
     if output_dir.exists() and not force:
         raise ExportError(f"--output_dir {output_dir} already exists; pass --force to replace it")
@@ -81,7 +105,7 @@ def export(gguf: Path, output_dir: Path, force: bool) -> None:
     start = time.perf_counter()
     print(f"loading {gguf} (dequantizing to float32) ...", flush=True)
     model = load_gguf_model(gguf, torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = fix_special_tokens(AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name), gguf)
     print(f"loaded {type(model).__name__} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) "
           f"in {time.perf_counter() - start:.1f} s", flush=True)
     if model.config.model_type != "llama":

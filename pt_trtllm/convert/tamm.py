@@ -94,15 +94,16 @@ def tamm_name_map(cfg: PTConfig, c: dict) -> tuple[dict, dict]:
                 "model.norm.weight": Take(PREFIX + "output_norm.weight")}
     for layer in range(cfg.num_hidden_layers):
         p = f"{PREFIX}layers.segment_{layer // D}.layer_{layer % D}."
-        layer = {
+        layer_shapes = {
             "attention.norm.weight": (T, H), "attention.qkv_transform.fused_linear.weight": (T, H, hd + 2 * gd),
             "attention.output_transform.weight": (T, hd, H), "feed_forward.norm.weight": (T, H),
             "feed_forward.hidden_transform.linear_0.weight": (T, H, f),
             "feed_forward.hidden_transform.linear_1.weight": (T, H, f), "feed_forward.output_transform.weight": (T, f, H),
         }
         if c["scale_qk_norm"]:
-            layer.update({"attention.qk_norm.query_norm.weight": (T, d), "attention.qk_norm.key_norm.weight": (T, d)})
-        shapes.update({p + k: v for k, v in layer.items()})
+            layer_shapes.update({"attention.qk_norm.query_norm.weight": (T, d),
+                                 "attention.qk_norm.key_norm.weight": (T, d)})
+        shapes.update({p + k: v for k, v in layer_shapes.items()})
         qkv = p + "attention.qkv_transform.fused_linear.weight"
         for t in range(T):
             q = f"model.tracks.{t}.layers.{layer}."

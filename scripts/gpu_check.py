@@ -90,7 +90,11 @@ def read_bandwidth() -> float:
     return 20 * x.numel() * 4 / (start.elapsed_time(end) / 1e3)
 
 
-def decode_speed(cfg: PTConfig, schedule: str, label: str, bandwidth: float, batch: int, max_len: int) -> dict:
+MODES = {"cuda_graph": (True, False), "eager": (False, False), "compile_cuda_graph": (True, True)}
+
+
+def decode_speed(cfg: PTConfig, schedule: str, label: str, bandwidth: float, batch: int, max_len: int,
+                 modes: list[str]) -> dict:
     torch.manual_seed(0)
     comm = NCCLComm(None, CUDA)
     previous = torch.get_default_dtype()
@@ -105,9 +109,11 @@ def decode_speed(cfg: PTConfig, schedule: str, label: str, bandwidth: float, bat
     read += lm_head.numel() * lm_head.element_size()
     result = {"model": label, "schedule": schedule, "batch": batch, "weights_read_per_step_GB": read / 1e9,
               "bound_ms": 1e3 * read / bandwidth}
-    for graphs in (True, False):
+    for mode in modes:
+        graphs, compiled = MODES[mode]
+        t_setup = time.perf_counter()
         engine = TrackEngine.from_model(model, lm_head, comm, CUDA, max_batch=batch, max_len=max_len,
-                                        cuda_graphs=graphs)
+                                        cuda_graphs=graphs, compile=compiled)
         prompts = [[1 + (i * 31 + b) % 1000 for i in range(64)] for b in range(batch)]
         engine.prefill(prompts, list(range(batch)), schedule)
         tokens = torch.ones(batch, dtype=torch.long, device=CUDA)
@@ -115,15 +121,15 @@ def decode_speed(cfg: PTConfig, schedule: str, label: str, bandwidth: float, bat
         for _ in range(5):
             engine.decode(tokens, positions, schedule)
         torch.cuda.synchronize()
+        result[f"{mode}_setup_s"] = time.perf_counter() - t_setup
         steps = 50
         t0 = time.perf_counter()
         for _ in range(steps):
             engine.decode(tokens, positions, schedule)
         torch.cuda.synchronize()
         ms = (time.perf_counter() - t0) * 1e3 / steps
-        key = "cuda_graph" if graphs else "eager"
-        result[f"{key}_step_ms"] = ms
-        result[f"{key}_vs_bound"] = ms / result["bound_ms"]
+        result[f"{mode}_step_ms"] = ms
+        result[f"{mode}_vs_bound"] = ms / result["bound_ms"]
         del engine
     del model, lm_head
     torch.cuda.empty_cache()
@@ -134,6 +140,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=".", help="directory for gpu_check.json and gpu_check.md")
     p.add_argument("--skip_30b", action="store_true", help="only the small model")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile'd decode steps in CUDA graphs at batch 1 (minutes of compiling)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("error: no CUDA device visible to torch", file=sys.stderr)
@@ -152,12 +160,15 @@ def main() -> int:
     print(f"read bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
     small = PTConfig.from_preset("bench-tiny", vocab_size=32000, hidden_size=2048, num_attention_heads=32,
                                  num_key_value_heads=8, head_dim=64, intermediate_size=11264)
+    modes = ["cuda_graph", "eager"]
+    extra = ["compile_cuda_graph"] if args.compile else []
     report["decode"] = [decode_speed(small, "none", "one track of a small model (H=2048, 8 layers, 16 heads "
-                                     "/ 4 KV heads per track)", bandwidth, b, 1024) for b in (1, 8)]
+                                     "/ 4 KV heads per track)", bandwidth, b, 1024, modes + extra * (b == 1))
+                        for b in (1, 8)]
     if not args.skip_30b:
         big = PTConfig.from_preset("pt-30b-d8")
         report["decode"] += [decode_speed(big, "none", "one track of pt-30b-d8 (none schedule: 1 GPU)", bandwidth, b,
-                                          1024) for b in (1, 8)]
+                                          1024, modes + extra * (b == 1)) for b in (1, 8)]
     for r in report["decode"]:
         print(json.dumps(r), flush=True)
     report["seconds"] = time.perf_counter() - started
@@ -170,12 +181,14 @@ def main() -> int:
              f"(CUDA graph vs eager: {report['parity_fp32']['greedy_tokens_equal_cuda_graph_vs_eager']})",
              f"- NCCL all-reduce captured in a CUDA graph (1 rank): {report['nccl_in_cuda_graph']['ok']}",
              f"- measured read bandwidth: {report['read_bandwidth_TBps']:.2f} TB/s", "",
-             "| model | schedule | batch | weights read/step | bound | CUDA graph step | graph/bound | eager step |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | schedule | batch | weights read/step | bound | CUDA graph step (x bound) | "
+             "compile + CUDA graph step (x bound) | eager step |", "|---|---|---|---|---|---|---|---|"]
     for r in report["decode"]:
+        compiled = (f"{r['compile_cuda_graph_step_ms']:.3f} ms ({r['compile_cuda_graph_vs_bound']:.2f}x)"
+                    if "compile_cuda_graph_step_ms" in r else "not run")
         lines.append(f"| {r['model']} | {r['schedule']} | {r['batch']} | {r['weights_read_per_step_GB']:.2f} GB | "
-                     f"{r['bound_ms']:.3f} ms | {r['cuda_graph_step_ms']:.3f} ms | {r['cuda_graph_vs_bound']:.2f}x | "
-                     f"{r['eager_step_ms']:.3f} ms |")
+                     f"{r['bound_ms']:.3f} ms | {r['cuda_graph_step_ms']:.3f} ms ({r['cuda_graph_vs_bound']:.2f}x) | "
+                     f"{compiled} | {r['eager_step_ms']:.3f} ms |")
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     ok = report["parity_fp32"]["ok"] and report["nccl_in_cuda_graph"]["ok"]

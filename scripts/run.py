@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
     p.add_argument("--threads", type=int, help="torch threads per rank on CPU (default: cores / local ranks)")
     p.add_argument("--no_cuda_graphs", action="store_true", help="run CUDA decode steps eagerly")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (fuses small ops)")
     return p.parse_args(argv)
 
 
@@ -64,7 +65,8 @@ def main(argv=None) -> int:
         prompts = parse_prompts(args, tokenizer)
         longest = max((len(p) for p in prompts), default=0)
         engine = TrackEngine(args.engine_dir, comm, device, max_batch=max(1, len(prompts)),
-                             max_len=longest + args.max_output_len, cuda_graphs=not args.no_cuda_graphs)
+                             max_len=longest + args.max_output_len, cuda_graphs=not args.no_cuda_graphs,
+                             compile=args.compile)
         engine.check_request(prompts, args.max_output_len)
         if args.output_logits and len({len(p) for p in prompts}) != 1:
             raise ValueError("--output_logits needs prompts of equal length")

@@ -29,11 +29,13 @@ class Communicator:
         self.calls[kind] += 1
         self.bytes[kind] += t.numel() * t.element_size()
 
+    @torch.compiler.disable  # counted in Python: compiled decode steps call it between graphs
     def all_reduce(self, t: torch.Tensor, kind: str = "merge") -> torch.Tensor:
         """Sum of `t` over ranks (may reuse `t`'s storage)."""
         self._count(kind, t)
         return self._all_reduce(t) if self.world_size > 1 else t
 
+    @torch.compiler.disable
     def broadcast(self, t: torch.Tensor, root: int = 0, kind: str = "other") -> torch.Tensor:
         """Rank `root`'s `t` on every rank (in place)."""
         self._count(kind, t)

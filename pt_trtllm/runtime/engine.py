@@ -42,24 +42,26 @@ class TrackEngine:
     """One rank of a PT model served on `comm.world_size` ranks (one track each)."""
 
     def __init__(self, engine_dir: str | Path, comm: Communicator, device: torch.device, max_batch: int = 8,
-                 max_len: int | None = None, dtype: torch.dtype | None = None, cuda_graphs: bool = True):
+                 max_len: int | None = None, dtype: torch.dtype | None = None, cuda_graphs: bool = True,
+                 compile: bool = False):
         cfg, _ = read_rank_config(engine_dir)
         if comm.world_size != cfg.num_tracks:
             raise CheckpointError(f"{engine_dir} has {cfg.num_tracks} tracks and needs exactly {cfg.num_tracks} "
                                   f"ranks (mpirun -n {cfg.num_tracks}); this run has {comm.world_size}")
         merge = AllReduceMerge(cfg.combine_op, cfg.num_tracks, comm)
         model, lm_head, cfg = load_rank(engine_dir, comm.rank, merge, device, dtype)
-        self._setup(model, lm_head, comm, device, max_batch, max_len, cuda_graphs)
+        self._setup(model, lm_head, comm, device, max_batch, max_len, cuda_graphs, compile)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, lm_head: torch.Tensor, comm: Communicator, device: torch.device,
-                   max_batch: int = 8, max_len: int | None = None, cuda_graphs: bool = True) -> "TrackEngine":
+                   max_batch: int = 8, max_len: int | None = None, cuda_graphs: bool = True,
+                   compile: bool = False) -> "TrackEngine":
         """An engine around a one-track `PTModel` built in memory (e.g. random weights on a GPU)."""
         engine = cls.__new__(cls)
-        engine._setup(model, lm_head, comm, device, max_batch, max_len, cuda_graphs)
+        engine._setup(model, lm_head, comm, device, max_batch, max_len, cuda_graphs, compile)
         return engine
 
-    def _setup(self, model, lm_head, comm, device, max_batch, max_len, cuda_graphs) -> None:
+    def _setup(self, model, lm_head, comm, device, max_batch, max_len, cuda_graphs, compile) -> None:
         self.model, self.lm_head, self.cfg = model, lm_head, model.config
         self.comm, self.device, self.dtype = comm, device, lm_head.dtype
         cfg = self.cfg
@@ -69,6 +71,10 @@ class TrackEngine:
                                  cfg.head_dim, self.dtype, device)
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self._graphs: dict[tuple[int, str], _DecodeGraph] = {}
+        # torch.compile fuses each decode step's small ops (merges stay eager: graph breaks); it
+        # specializes on shapes, so compiled steps attend to the whole cache length, masked
+        self.compiled = compile
+        self._decode_fn = torch.compile(self._decode, dynamic=False) if compile else self._decode
 
     # ---- forward passes --------------------------------------------------------------------------
     def expected_merges(self, schedule: str) -> int:
@@ -100,7 +106,8 @@ class TrackEngine:
             if key not in self._graphs:
                 self._graphs[key] = _DecodeGraph(self, tokens.shape[0], schedule)
             return self._graphs[key].replay(tokens, positions)
-        return self._decode(tokens, positions, schedule, int(positions.max()) + 1)
+        kv_len = self.max_len if self.compiled else int(positions.max()) + 1
+        return self._decode_fn(tokens, positions, schedule, kv_len)
 
     def _decode(self, tokens: torch.Tensor, positions: torch.Tensor, schedule: str, kv_len: int) -> torch.Tensor:
         self.cache.decode(positions, kv_len)
@@ -201,13 +208,14 @@ class _DecodeGraph:
         calls, sizes = comm.calls.copy(), comm.bytes.copy()
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):  # warm up outside the graph (also initializes NCCL)
-            engine._decode(self.tokens, self.positions, schedule, engine.max_len)
+        with torch.cuda.stream(stream):  # warm up outside the graph (initializes NCCL, compiles)
+            for _ in range(2):
+                engine._decode_fn(self.tokens, self.positions, schedule, engine.max_len)
         torch.cuda.current_stream(device).wait_stream(stream)
         warm_calls, warm_bytes = comm.calls.copy(), comm.bytes.copy()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = engine._decode(self.tokens, self.positions, schedule, engine.max_len)
+            self.logits = engine._decode_fn(self.tokens, self.positions, schedule, engine.max_len)
         self.calls, self.bytes = comm.calls - warm_calls, comm.bytes - warm_bytes  # what one replay runs
         comm.calls, comm.bytes = calls, sizes  # count the steps that are served, not the warm-up
 

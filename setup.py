@@ -8,17 +8,18 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pt_trtllm", "pt_trtllm.*"]),
     package_data={"pt_trtllm": ["configs/*.json"]},  # pt_trtllm/configs links to configs/
+    # ranges the code supports; constraints.txt pins what the Makefile and CI install
     install_requires=[
-        "torch==2.13.0",
-        "transformers==4.57.6",
+        "torch>=2.5",
+        "transformers>=4.57,<6",  # tested with 4.57.6 (pinned) and 5.17
         "safetensors>=0.4",
-        "numpy<2",
+        "numpy<2",  # PyTriton needs numpy < 2
         "tqdm",
     ],
     extras_require={
         "test": ["pytest", "tamm==0.2.0", "gguf>=0.10", "mpich", "mpi4py>=4"],
         "serve": ["nvidia-pytriton==0.7.0", "tritonclient[all]"],
-        # TensorRT-LLM 1.2.1 pins its own torch: install it first (NVIDIA's wheel or container), then
-        # this package with `pip install --no-deps -e .` (docs/trtllm.md).
+        # TensorRT-LLM 1.2.1 brings its own torch (docs/trtllm.md); not installable on CPU-only machines
+        "trtllm": ["tensorrt_llm==1.2.1"],
     },
 )

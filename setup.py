@@ -18,7 +18,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "tamm==0.2.0", "gguf>=0.10", "mpich", "mpi4py>=4"],
-        "serve": ["nvidia-pytriton==0.7.0", "tritonclient[all]"],
+        "serve": ["nvidia-pytriton==0.7.0", "tritonclient[all]", "matplotlib"],  # PyTriton bundles tritonserver
         # TensorRT-LLM 1.2.1 brings its own torch (docs/trtllm.md); not installable on CPU-only machines
         "trtllm": ["tensorrt_llm==1.2.1"],
     },

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import signal
 import time
 
 from .plan import PlanChannel, run_plan
 
 
-def follow(engine, channel: PlanChannel, schedule: str, grace: float = 60.0) -> int:
+def follow(engine, channel: PlanChannel, schedule: str, signals, grace: float = 60.0) -> int:
     """Run plans until rank 0 sends the stop plan (returns 0). SIGTERM/SIGINT (mpiexec forwards
     them to every rank) do not stop a follower by themselves: rank 0 drains and sends the stop
-    plan; only if none comes within `grace` s does the follower give up (returns 1)."""
-    deadline = []
-
-    def on_signal(signum, frame):
-        if not deadline:
-            deadline.append(time.monotonic() + grace)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    plan; only if none comes within `grace` s of the signal does the follower give up (returns 1)."""
 
     def give_up() -> bool:
-        return bool(deadline) and time.monotonic() > deadline[0]
+        return signals.received_at is not None and time.monotonic() > signals.received_at + grace
 
     while True:
         try:

@@ -138,6 +138,10 @@ def _prompts(inputs: dict, tokenizer, limits: Limits) -> list[list[int]]:
             ids = tokenizer.encode(text)
             if not ids:
                 raise RequestError(f"{_name('text_input', i, batch)} encodes to no tokens")
+            bad = [t for t in ids if not 0 <= t < limits.vocab_size]
+            if bad:  # a tokenizer that does not belong to the model
+                raise RequestError(f"the server's tokenizer gave ids outside the model's vocabulary [0, "
+                                   f"{limits.vocab_size}): {bad[:5]}")
             prompts.append(ids)
         return prompts
     ids = np.asarray(inputs["input_ids"])

@@ -65,7 +65,8 @@ class Scheduler:
         self.step_started: float | None = None
         """perf_counter() when the current step began (None between steps): the watchdog reads it."""
         self.stats = {"steps": 0, "prefill_steps": 0, "prefill_tokens": 0, "decode_tokens": 0,
-                      "max_running": 0, "requests": 0, "errors": 0}
+                      "max_running": 0, "requests": 0, "errors": 0, "step_s": 0.0, "forward_s": 0.0,
+                      "forwards": 0}
 
     # ---- called from any thread ---------------------------------------------------------------------
     def submit(self, sequences: list[Sequence]) -> None:
@@ -87,7 +88,7 @@ class Scheduler:
         """Serve until `stop()` (and the drain) or until `idle_check()` fails; the caller then sends
         the followers the stop plan."""
         while True:
-            self._collect(block=not self.running)
+            self._collect(block=not self.running and not self.waiting)
             if self._stop.is_set():
                 for s in self.waiting:
                     self._fail(s, "the server is shutting down")
@@ -138,9 +139,13 @@ class Scheduler:
         for src, dst, length in plan.moves:
             self.engine.cache.move(src, dst, length)
         plan.moves = []
+        forward = 0.0
         if admitted:  # prefill first, and deliver first tokens before the decode step
             prefill_plan = StepPlan(prefill_slots=plan.prefill_slots, prompts=plan.prompts)
+            t0 = time.perf_counter()
             logits, _ = run_plan(self.engine, prefill_plan, self.schedule)
+            forward += time.perf_counter() - t0
+            self.stats["forwards"] += 1
             for s in admitted:
                 s.pos = len(s.prompt)
             self.running.extend(admitted)
@@ -148,8 +153,11 @@ class Scheduler:
             self.stats["prefill_steps"] += 1
             self.stats["prefill_tokens"] += sum(len(p) for p in plan.prompts)
         if decoding:
+            t0 = time.perf_counter()
             _, logits = run_plan(self.engine, StepPlan(decode_tokens=plan.decode_tokens,
                                                        decode_positions=plan.decode_positions), self.schedule)
+            forward += time.perf_counter() - t0
+            self.stats["forwards"] += 1
             for s in decoding:
                 s.pos += 1
             self._advance(decoding, logits)
@@ -157,6 +165,8 @@ class Scheduler:
         self.stats["steps"] += 1
         self.stats["max_running"] = max(self.stats["max_running"], len(self.running))
         self._retire()
+        self.stats["forward_s"] += forward
+        self.stats["step_s"] += time.perf_counter() - self.step_started
         self.step_started = None
 
     def _advance(self, seqs: list[Sequence], logits: torch.Tensor) -> None:

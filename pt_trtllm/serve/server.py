@@ -13,7 +13,10 @@ makes rank 0 abort the job. So the server reports unhealthy or exits, and never 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import math
+import os
 import signal
 import sys
 import threading
@@ -38,20 +41,54 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metrics_port", type=int, default=8002)
     p.add_argument("--max_batch_size", type=int, default=16, help="KV-cache slots: sequences generated at once")
     p.add_argument("--max_seq_len", type=int, help="positions per slot, prompt + output "
-                                                  "(default: max_position_embeddings)")
+                                                  "(default: max_position_embeddings, at most 4096)")
     p.add_argument("--max_output_len", type=int, help="largest max_tokens accepted (default: max_seq_len - 1)")
     p.add_argument("--max_prefill_tokens", type=int, default=4096,
                    help="prompt tokens prefilled in one step (at least one prompt per step)")
-    p.add_argument("--instances", type=int, help="Triton instances of `pt`, i.e. concurrent requests to it "
-                                                 "(default: --max_batch_size)")
+    p.add_argument("--instances", type=int, help="Triton instances of `pt`, i.e. concurrent requests to it; each "
+                                                 "is a Python-backend process of ~45 MB (default: --max_batch_size, "
+                                                 "at most 32); pt_stream needs one for any number")
     p.add_argument("--drain_timeout", type=float, default=10.0, help="on SIGTERM, seconds to finish running requests")
     p.add_argument("--step_timeout", type=float, default=300.0,
                    help="abort the job when one step takes longer (a rank died or hung)")
+    p.add_argument("--follower_max_sleep", type=float, default=1e-3,
+                   help="longest sleep (s) of a waiting follower between checks for rank 0's next step "
+                        "(0: spin; default 0.001)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
     p.add_argument("--threads", type=int, help="torch threads per rank on CPU (default: cores / local ranks)")
     p.add_argument("--no_cuda_graphs", action="store_true", help="run CUDA decode steps eagerly")
     p.add_argument("--verbose", action="store_true", help="log PyTriton and per-request details")
     return p.parse_args(argv)
+
+
+class Interrupted(BaseException):
+    """Raised by the signal handler while `Signals.interrupt` is set (not an Exception, so that
+    no `except Exception` on the way swallows it)."""
+
+
+class Signals:
+    """SIGTERM and SIGINT, caught from the start on every rank (a rank killed by the default
+    action would take the job down uncleanly): what arrived, when, and who to tell."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.received_at: float | None = None
+        self.on_signal = None
+        self.interrupt = False
+
+    def install(self) -> "Signals":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is None:
+            self.received, self.received_at = signum, time.monotonic()
+        if self.on_signal is not None:
+            self.on_signal()
+        if self.interrupt:
+            self.interrupt = False
+            raise Interrupted()
 
 
 def _eos_ids(cfg, tokenizer) -> frozenset[int]:
@@ -91,6 +128,8 @@ def _warm_up(engine, channel, schedule, rank0: bool) -> None:
 def serve(args) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    signals = Signals().install()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 <rank pid>: print every thread's stack
     device, comm = setup(args.device, args.threads)
 
     def start():
@@ -99,8 +138,11 @@ def serve(args) -> int:
 
         if args.max_batch_size < 1:
             raise ValueError(f"--max_batch_size must be >= 1, got {args.max_batch_size}")
-        engine = TrackEngine(args.engine_dir, comm, device, max_batch=args.max_batch_size,
-                             max_len=args.max_seq_len, cuda_graphs=not args.no_cuda_graphs)
+        from ..runtime.loader import read_rank_config
+
+        max_len = args.max_seq_len or min(read_rank_config(args.engine_dir)[0].max_position_embeddings, 4096)
+        engine = TrackEngine(args.engine_dir, comm, device, max_batch=args.max_batch_size, max_len=max_len,
+                             cuda_graphs=not args.no_cuda_graphs)
         if args.max_seq_len is not None and args.max_seq_len > engine.max_len:
             raise ValueError(f"--max_seq_len {args.max_seq_len} exceeds max_position_embeddings {engine.max_len}")
         schedule = args.schedule or engine.cfg.merge_schedule
@@ -121,7 +163,7 @@ def serve(args) -> int:
     engine, schedule, tokenizer, max_output = agree(comm, start, (ValueError, CheckpointError))
     from .plan import PlanChannel
 
-    channel = PlanChannel(comm, engine.max_batch)
+    channel = PlanChannel(comm, engine.max_batch, args.follower_max_sleep)
     try:
         _warm_up(engine, channel, schedule, comm.rank == 0)
     except Exception:  # a failure here can differ between ranks: take them all down
@@ -130,18 +172,19 @@ def serve(args) -> int:
     if comm.rank != 0:
         from .follower import follow
 
-        return follow(engine, channel, schedule, grace=args.drain_timeout + 30)
-    return _serve_rank0(args, engine, comm, channel, schedule, tokenizer, max_output)
+        return follow(engine, channel, schedule, signals, grace=args.drain_timeout + 30)
+    return _serve_rank0(args, engine, comm, channel, schedule, tokenizer, max_output, signals)
 
 
-def _serve_rank0(args, engine, comm, channel, schedule, tokenizer, max_output) -> int:
+def _serve_rank0(args, engine, comm, channel, schedule, tokenizer, max_output, signals) -> int:
     from .plan import StepPlan
     from .requests import Limits
     from .scheduler import Scheduler
-    from .triton_app import MODEL, STREAM_MODEL, PTModels, bind, make_workspace, prepare_environment, remove_workspace
+    from .triton_app import (MODEL, STREAM_MODEL, PTModels, bind, make_workspace, patch_pytriton_proxy,
+                             prepare_environment, remove_workspace)
 
     limits = Limits(engine.cfg.vocab_size, engine.max_len, max_output, _eos_ids(engine.cfg, tokenizer))
-    state = {"triton": None, "signal": None, "checked": 0.0}
+    state = {"triton": None, "checked": 0.0}
 
     def alive() -> bool:  # at most once a second, while idle
         if state["triton"] is None or time.monotonic() - state["checked"] < 1.0:
@@ -149,8 +192,14 @@ def _serve_rank0(args, engine, comm, channel, schedule, tokenizer, max_output) -
         state["checked"] = time.monotonic()
         return state["triton"].is_alive()
 
+    comm.reset_counts()  # count what serving does, not the warm-up
     scheduler = Scheduler(engine, channel, schedule, args.max_prefill_tokens, idle_check=alive)
+    signals.on_signal = lambda: scheduler.stop(args.drain_timeout)
+    if signals.received is not None:  # stopped while loading: do not start Triton
+        channel.send(StepPlan(stop=True))
+        return 0
     workspace = make_workspace()
+    failure, triton = None, None
     try:
         from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
 
@@ -158,28 +207,39 @@ def _serve_rank0(args, engine, comm, channel, schedule, tokenizer, max_output) -
             logging.getLogger("pt_trtllm.serve").info(note)
         config = TritonConfig(http_address=args.host, http_port=args.http_port, grpc_address=args.host,
                               grpc_port=args.grpc_port, metrics_address=args.host, metrics_port=args.metrics_port,
-                              exit_timeout_secs=3, log_verbose=1 if args.verbose else None)
+                              exit_timeout_secs=max(1, math.ceil(args.drain_timeout)),
+                              log_verbose=1 if args.verbose else None)
         # a local model store: tritonserver loads both models before it opens its ports, so "ready"
         # is never answered before the models can serve (PyTriton's default loads them afterwards)
         policy = TritonLifecyclePolicy(launch_triton_on_startup=False, local_model_store=True)
         triton = state["triton"] = Triton(config=config, workspace=workspace / "pytriton",
                                           triton_lifecycle_policy=policy)
-        bind(triton, PTModels(scheduler, tokenizer, limits), engine.max_batch, args.instances or engine.max_batch)
-        triton.run()
+        instances = args.instances or min(engine.max_batch, 32)
+        bind(triton, PTModels(scheduler, tokenizer, limits), engine.max_batch, instances)
+        for note in patch_pytriton_proxy(workspace / "pytriton" / "model-store"):
+            logging.getLogger("pt_trtllm.serve").info(note)
+        # PyTriton waits for tritonserver holding a lock its exit handler needs: a signal now (which
+        # mpiexec also delivers to tritonserver) would leave it waiting for minutes, so it interrupts
+        signals.interrupt = True
+        try:
+            triton.run()
+        finally:
+            signals.interrupt = False
+    except Interrupted:
+        failure = "stopped by a signal while starting"
     except Exception as e:  # noqa: BLE001 - report, stop the followers, exit
-        print(f"error: cannot start the Triton server: {e.__class__.__name__}: {e}", file=sys.stderr, flush=True)
-        if state["triton"] is not None:
-            _stop_triton(state["triton"])
+        failure = f"error: cannot start the Triton server: {e.__class__.__name__}: {e}"
+    if failure is not None:
+        print(failure, file=sys.stderr, flush=True)
         channel.send(StepPlan(stop=True))
+        stopped = triton is None or _stop_triton(triton, 10.0)
         remove_workspace(workspace)
-        return 1
+        code = 0 if signals.received is not None else 1
+        if not stopped:
+            sys.stderr.flush()
+            os._exit(code)
+        return code
 
-    def on_signal(signum, frame):
-        state["signal"] = signum
-        scheduler.stop(args.drain_timeout)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
     done = threading.Event()
     threading.Thread(target=_watchdog, args=(scheduler, comm, args.step_timeout, done), daemon=True).start()
     print(f"serving models {MODEL!r} and {STREAM_MODEL!r}: http {args.host}:{args.http_port} grpc "
@@ -196,22 +256,39 @@ def _serve_rank0(args, engine, comm, channel, schedule, tokenizer, max_output) -
         return 1
     done.set()
     channel.send(StepPlan(stop=True))
-    died = state["signal"] is None  # the scheduler stopped because tritonserver is gone
-    _stop_triton(triton)
+    died = signals.received is None  # the scheduler stopped because tritonserver is gone
+    stopped = _stop_triton(triton, args.drain_timeout + 20)
     remove_workspace(workspace)
     s = scheduler.stats
-    print(f"stopped ({'tritonserver exited' if died else signal.Signals(state['signal']).name}): "
+    print(f"stopped ({'tritonserver exited' if died else signal.Signals(signals.received).name}): "
           f"{s['requests']} sequences, {s['steps']} steps, {s['decode_tokens']} decoded tokens, "
           f"{s['prefill_tokens']} prefilled tokens, at most {s['max_running']} running at once, "
-          f"{s['errors']} failed", flush=True)
+          f"{s['errors']} failed; {1e3 * s['step_s'] / max(1, s['steps']):.2f} ms per step, "
+          f"{100 * s['forward_s'] / max(1e-9, s['step_s']):.0f}% of it in forward passes; "
+          f"{comm.calls['merge'] / max(1, s['forwards']):g} merges per forward pass, "
+          f"{comm.calls['other'] / max(1, s['steps']):.2f} other collectives per step", flush=True)
+    if not stopped:  # PyTriton's atexit handler would wait for it again
+        sys.stderr.flush()
+        os._exit(1)
     return 1 if died else 0
 
 
-def _stop_triton(triton) -> None:
-    try:
-        triton.stop()
-    except Exception as e:  # noqa: BLE001 - best effort at shutdown
-        print(f"warning: stopping the Triton server: {e}", file=sys.stderr, flush=True)
+def _stop_triton(triton, timeout: float = 30.0) -> bool:
+    """Stop tritonserver (it may already be exiting: mpiexec forwards SIGTERM to rank 0's process
+    group, and Triton then drains for exit_timeout_secs = --drain_timeout itself)."""
+    def stop():
+        try:
+            triton.stop()
+        except Exception as e:  # noqa: BLE001 - best effort at shutdown
+            print(f"warning: stopping the Triton server: {e}", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=stop, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        print(f"warning: the Triton server did not stop within {timeout:.0f} s", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def _watchdog(scheduler, comm, timeout: float, done: threading.Event) -> None:

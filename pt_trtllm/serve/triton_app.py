@@ -42,7 +42,11 @@ def prepare_environment(workdir: Path) -> list[str]:
     major = int(np.__version__.split(".")[0])
     if major >= 2:
         raise RuntimeError(f"PyTriton 0.7 needs numpy < 2, found numpy {np.__version__}: pip install 'numpy<2'")
-    notes = []
+    # Token ids are small: PyTriton's Base64 path over its sockets instead of its shared-memory
+    # tensor store, which starts a multiprocessing manager per model whose shutdown races the
+    # stubs' (slow exits, stray processes, leaked /dev/shm segments).
+    os.environ["PYTRITON_NO_TENSORSTORE"] = "1"
+    notes = ["PYTRITON_NO_TENSORSTORE=1"]
     libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
     lib = Path(libdir or "") / (soname or "")
     if sysconfig.get_config_var("Py_ENABLE_SHARED") and soname and lib.is_file():
@@ -57,6 +61,60 @@ def prepare_environment(workdir: Path) -> list[str]:
     else:
         notes.append(f"this Python ({sys.executable}) has no shared libpython; PyTriton's stub will use the "
                      f"system's libpython{sys.version_info.major}.{sys.version_info.minor}")
+    return notes
+
+
+_HANDSHAKE_CONNECT = """        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(0.0, should_stop_before_s - time.time()))
+        sock.connect(socket_path.as_posix())
+"""
+_HANDSHAKE_CONNECT_RETRY = """        while True:  # patched by pt_trtllm: the socket may exist before it listens
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(max(0.0, should_stop_before_s - time.time()))
+            try:
+                sock.connect(socket_path.as_posix())
+                break
+            except ConnectionRefusedError:
+                sock.close()
+                sock = None
+                if time.time() >= should_stop_before_s:
+                    raise
+                time.sleep(0.01)
+"""
+
+
+_SERVER_POLL = """            flag_check_interval_s = 1.0
+            # have to receive messages until all requests are processed, even while shutting down
+"""
+_SERVER_POLL_FAST = """            flag_check_interval_s = 0.1  # patched by pt_trtllm: instances unload in 0.1 s, not 1 s
+            # have to receive messages until all requests are processed, even while shutting down
+"""
+
+
+def patch_pytriton_proxy(model_store: Path) -> list[str]:
+    """Work around two problems of PyTriton 0.7.0's multi-instance models, in the copies of its
+    proxy files in this server's model store (the installed package is untouched).
+
+    1. A start-up race. Triton initializes a model's instances in parallel. The first one starts
+       a Unix-socket handshake server; the others wait (at most 1 s) for the socket file and
+       connect once. Under load (many instances on few cores) the first may take longer than 1 s,
+       or be preempted between bind() and listen(), and the model fails to load ("Connection
+       refused" / "Timeout occurred while waiting for config file"). Patched: wait up to 60 s and
+       retry a refused connect.
+    2. Slow shutdown. Each instance's request loop checks for shutdown once a second and Triton
+       unloads the instances one after the other: 16 instances took 16 s, more than Triton's exit
+       timeout. Patched: check every 0.1 s."""
+    notes = []
+    for path in sorted(model_store.glob("*/*/communication.py")):
+        text = path.read_text()
+        patched = text.replace("timeout_s: float = 1.0) -> dict:", "timeout_s: float = 60.0) -> dict:", 1)
+        patched = patched.replace(_HANDSHAKE_CONNECT, _HANDSHAKE_CONNECT_RETRY, 1)
+        patched = patched.replace(_SERVER_POLL, _SERVER_POLL_FAST, 1)
+        if patched.count("patched by pt_trtllm") != 2 or "timeout_s: float = 60.0) -> dict:" not in patched:
+            notes.append(f"{path}: PyTriton's proxy code is not the expected one; not patched")
+            continue
+        path.write_text(patched)
+        notes.append(f"patched {path.relative_to(model_store)}")
     return notes
 
 
@@ -167,10 +225,12 @@ class PTModels:
                 kind, value = seq.sink.queue.get_nowait()
             if end is not None and end[1]:
                 raise RequestError(end[1])
-            if ids or (end is not None and detok is not None):
+            text = None
+            if detok is not None:
+                text = detok.add(ids) + (detok.finish() if end is not None else "")
+            if ids or text:
                 out = {"output_ids": np.array([ids], dtype=np.int32)}
-                if detok is not None:
-                    text = detok.add(ids) + (detok.finish() if end is not None else "")
+                if text is not None:
                     out["text_output"] = np.array([[text.encode("utf-8")]], dtype=object)
                 yield [out]
             if end is not None:

@@ -1,0 +1,246 @@
+"""The Triton server of scripts/serve.py under `mpiexec -n 2` (a subprocess on free loopback ports),
+queried over HTTP and gRPC, plain (`pt`) and streaming (`pt_stream`): the same greedy tokens and
+text as scripts/run.py on every path, batched rows, seeded sampling, EOS, in-flight batching, and
+malformed requests refused by name while the server keeps serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import REPO, make_pt_model
+from pt_trtllm.convert.writer import convert
+from pt_trtllm.serve.client import infer, request_inputs, stream
+from pt_trtllm.serve.launcher import ServerProcess, mpiexec
+
+PROMPTS = ["The capital of France is", "Once upon a time, in a land far away,"]
+
+
+def run_py(ckpt, *args, ranks=2) -> dict:
+    """scripts/run.py under mpiexec; its --output_json."""
+    out = Path(ckpt).parent / f"run-{time.monotonic_ns()}.json"
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, str(REPO / "scripts" / "run.py"), "--engine_dir", str(ckpt),
+           "--device", "cpu", "--output_json", str(out), *map(str, args)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert r.returncode == 0, r.stderr
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, smollm2_dir):
+    """A random 2-track tiny model with SmolLM2's vocabulary, served with SmolLM2's tokenizer."""
+    root = tmp_path_factory.mktemp("serve_api")
+    make_pt_model("tiny", seed=11, vocab_size=49152).save_pretrained(root / "hf")
+    convert(root / "hf", root / "ckpt", progress=False)
+    server = ServerProcess(root / "ckpt", 2, ["--tokenizer_dir", str(smollm2_dir), "--max_batch_size", "4",
+                                              "--max_seq_len", "128", "--max_output_len", "64"],
+                           log_path=root / "server.log")
+    with server:
+        yield server, root / "ckpt", smollm2_dir
+
+
+@pytest.fixture(scope="module")
+def reference(served):
+    server, ckpt, tok = served
+    return run_py(ckpt, "--input_text", *PROMPTS, "--tokenizer_dir", tok, "--max_output_len", 12)
+
+
+def test_health_and_model_configs(served):
+    """Live and ready; `pt` takes the TensorRT-LLM ensemble's inputs with batching up to the slot
+    count; `pt_stream` is decoupled; both listen on 127.0.0.1 only."""
+    server, _, _ = served
+    assert server.live() and server.ready()
+
+    def get(path):
+        with urllib.request.urlopen(f"http://{server.http}{path}", timeout=10) as r:
+            return json.loads(r.read())
+
+    pt, stream_cfg = get("/v2/models/pt/config"), get("/v2/models/pt_stream/config")
+    inputs = {i["name"]: (i["data_type"], i["dims"], i.get("optional", False)) for i in pt["input"]}
+    assert inputs == {"text_input": ("TYPE_STRING", [1], True), "input_ids": ("TYPE_INT32", [-1], True),
+                      "input_lengths": ("TYPE_INT32", [1], True), "max_tokens": ("TYPE_INT32", [1], False),
+                      "temperature": ("TYPE_FP32", [1], True), "top_k": ("TYPE_INT32", [1], True),
+                      "top_p": ("TYPE_FP32", [1], True), "seed": ("TYPE_UINT64", [1], True),
+                      "end_id": ("TYPE_INT32", [1], True)}
+    assert {o["name"] for o in pt["output"]} == {"text_output", "output_ids", "sequence_length"}
+    assert pt["max_batch_size"] == 4 and not pt.get("model_transaction_policy", {}).get("decoupled")
+    assert stream_cfg["model_transaction_policy"]["decoupled"] is True and stream_cfg["max_batch_size"] == 1
+    loopback = ("0100007F:", "0000000000000000FFFF00000100007F:")  # 127.0.0.1 in /proc/net/tcp and tcp6
+    rows = [line.split() for f in ("tcp", "tcp6") for line in Path(f"/proc/net/{f}").read_text().splitlines()[1:]]
+    for port in (server.http_port, server.grpc_port, server.metrics_port):
+        listen = [r[1] for r in rows if r[1].endswith(f":{port:04X}") and r[3] == "0A"]
+        assert listen and all(a.startswith(loopback) for a in listen), (port, listen)
+
+
+@pytest.mark.parametrize("path", ["http", "grpc", "grpc-stream", "http-stream"])
+def test_text_matches_run_py_on_every_path(served, reference, path):
+    """Greedy text and ids of `pt` (HTTP, gRPC) and `pt_stream` (gRPC stream, HTTP
+    generate_stream) equal scripts/run.py's; streamed chunks add up to them."""
+    server, _, _ = served
+    protocol, streaming = path.split("-")[0], path.endswith("stream")
+    url = server.http if protocol == "http" else server.grpc
+    for i, prompt in enumerate(PROMPTS):
+        inputs = request_inputs(prompt, max_tokens=12)
+        result = stream(url, inputs, protocol) if streaming else infer(url, inputs, protocol)
+        assert result.output_ids == reference["output_ids"][i]
+        assert result.text == reference["text"][i]
+        if streaming:
+            assert len(result.chunks) >= 2
+
+
+def test_input_ids_and_batched_rows(served):
+    """input_ids work without text; a [2, S] request with input_lengths returns each row's tokens
+    (padded with -1 past sequence_length) equal to run.py's."""
+    server, ckpt, _ = served
+    import tritonclient.http as th
+
+    prompts = [[504, 3575, 282, 4649, 314], [17, 4000, 12]]
+    ref = run_py(ckpt, "--input_ids", ";".join(",".join(map(str, p)) for p in prompts), "--max_output_len", 6)
+    for i, p in enumerate(prompts):
+        assert infer(server.grpc, request_inputs(input_ids=p, max_tokens=6), "grpc").output_ids == ref["output_ids"][i]
+    padded = np.array([prompts[0], prompts[1] + [0, 0]], dtype=np.int32)
+    arrays = {"input_ids": padded, "input_lengths": np.array([[5], [3]], np.int32),
+              "max_tokens": np.array([[6], [3]], np.int32)}
+    client = th.InferenceServerClient(server.http)
+    tensors = []
+    for name, a in arrays.items():
+        t = th.InferInput(name, list(a.shape), "INT32")
+        t.set_data_from_numpy(a)
+        tensors.append(t)
+    result = client.infer("pt", tensors)
+    client.close()
+    out, lengths = result.as_numpy("output_ids"), result.as_numpy("sequence_length")
+    assert lengths.tolist() == [[6], [3]]
+    assert out[0].tolist() == ref["output_ids"][0] and out[1].tolist() == ref["output_ids"][1][:3] + [-1, -1, -1]
+
+
+def test_seeded_sampling_matches_run_py(served):
+    """temperature/top_k/top_p/seed: the same seed gives the same tokens on both models and
+    protocols, equal to run.py's with that seed; another seed gives others."""
+    server, ckpt, tok = served
+    params = dict(temperature=1.0, top_k=50, top_p=0.95)
+    ref = run_py(ckpt, "--input_text", PROMPTS[0], "--tokenizer_dir", tok, "--max_output_len", 16,
+                 "--temperature", 1.0, "--top_k", 50, "--top_p", 0.95, "--seed", 3)
+    a = infer(server.http, request_inputs(PROMPTS[0], max_tokens=16, seed=3, **params))
+    b = stream(server.grpc, request_inputs(PROMPTS[0], max_tokens=16, seed=3, **params), "grpc")
+    c = infer(server.grpc, request_inputs(PROMPTS[0], max_tokens=16, seed=4, **params), "grpc")
+    assert a.output_ids == b.output_ids == ref["output_ids"][0]
+    assert c.output_ids != a.output_ids
+
+
+def test_end_id_stops_generation(served, reference):
+    """end_id set to the 4th greedy token: 4 tokens, ending with it; end_id -1 never stops early."""
+    server, _, _ = served
+    greedy = reference["output_ids"][0]
+    eos = greedy[3]
+    assert eos not in greedy[:3]
+    assert infer(server.http, request_inputs(PROMPTS[0], max_tokens=12, end_id=eos)).output_ids == greedy[:4]
+    assert stream(server.grpc, request_inputs(PROMPTS[0], max_tokens=12, end_id=eos)).output_ids == greedy[:4]
+    assert infer(server.http, request_inputs(PROMPTS[0], max_tokens=12, end_id=-1)).output_ids == greedy
+
+
+def test_a_new_request_joins_a_running_batch(served):
+    """In-flight batching: while a long streaming request generates, a short request sent after
+    its first token finishes long before it (it does not wait for the running batch to end)."""
+    server, _, _ = served
+    long_ref = infer(server.http, request_inputs(PROMPTS[1], max_tokens=60, end_id=-1)).output_ids
+    first, done = threading.Event(), {}
+
+    def run_long():
+        def on_chunk(chunk):
+            first.set()
+
+        done["long"] = stream(server.grpc, request_inputs(PROMPTS[1], max_tokens=60, end_id=-1), "grpc",
+                              on_chunk=on_chunk)
+        done["long_t"] = time.monotonic()
+
+    thread = threading.Thread(target=run_long)
+    thread.start()
+    assert first.wait(60)
+    t0 = time.monotonic()
+    short = infer(server.http, request_inputs(PROMPTS[0], max_tokens=3, end_id=-1))
+    t_short = time.monotonic()
+    thread.join(120)
+    assert len(short.output_ids) == 3 and done["long"].output_ids == long_ref
+    assert t_short < done["long_t"], "the short request waited for the long one"
+    print(f"short request: {1e3 * (t_short - t0):.0f} ms; the long one ended {1e3 * (done['long_t'] - t_short):.0f} "
+          f"ms later")
+
+
+def _error(fn) -> str:
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises((InferenceServerException, RuntimeError)) as e:
+        fn()
+    return e.value.message() if isinstance(e.value, InferenceServerException) else str(e.value)
+
+
+BAD = [  # (inputs, protocol, the words the error must contain)
+    ({"max_tokens": np.array([[8]], np.int32)}, "http", ["no prompt"]),
+    ({"text_input": np.array([[b""]], dtype=object), "max_tokens": np.array([[8]], np.int32)}, "grpc",
+     ["text_input is empty"]),
+    ({"text_input": np.array([[b"hi"]], dtype=object)}, "http", ["max_tokens"]),
+    ({"text_input": np.array([[b"hi"]], dtype=object), "max_tokens": np.array([[8.0]], np.float32)}, "http",
+     ["max_tokens", "INT32"]),
+    ({"text_input": np.array([[1]], np.int32), "max_tokens": np.array([[8]], np.int32)}, "grpc",
+     ["text_input", "BYTES"]),
+    ({"text_input": np.array([[b"hi"]], dtype=object), "max_tokens": np.array([[0]], np.int32)}, "grpc",
+     ["max_tokens must be >= 1, got 0"]),
+    ({"text_input": np.array([[b"hi"]], dtype=object), "max_tokens": np.array([[65]], np.int32)}, "http",
+     ["max_tokens=65 exceeds this server's limit of 64"]),
+    ({"text_input": np.array([[b"hi"]], dtype=object), "max_tokens": np.array([[8]], np.int32),
+      "temperature": np.array([[-0.5]], np.float32)}, "http", ["temperature must be >= 0, got -0.5"]),
+    ({"text_input": np.array([[b"hi"]], dtype=object), "max_tokens": np.array([[8]], np.int32),
+      "top_p": np.array([[1.5]], np.float32)}, "grpc", ["top_p must be in (0, 1], got 1.5"]),
+    ({"text_input": np.array([[b"hi"]], dtype=object), "max_tokens": np.array([[8]], np.int32),
+      "top_p": np.array([[0.0]], np.float32)}, "http", ["top_p must be in (0, 1], got 0.0"]),
+    ({"input_ids": np.array([[1, 60000]], np.int32), "max_tokens": np.array([[8]], np.int32)}, "grpc",
+     ["outside [0, 49152)", "60000"]),
+    ({"input_ids": np.ones((1, 100), np.int32), "max_tokens": np.array([[40]], np.int32)}, "http",
+     ["100 tokens", "at most 88"]),
+    ({"text_input": np.array([[b"hi"]], dtype=object), "max_tokens": np.array([[8]], np.int32),
+      "bogus": np.array([[1]], np.int32)}, "grpc", ["bogus"]),
+    ({"input_ids": np.ones((5, 3), np.int32), "max_tokens": np.ones((5, 1), np.int32)}, "http", ["batch", "4"]),
+]
+
+
+@pytest.mark.parametrize("inputs,protocol,words", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_malformed_requests_get_an_error_naming_the_problem(served, inputs, protocol, words):
+    """Missing or wrongly typed inputs, empty text, max_tokens <= 0 or above the limit, negative
+    temperature, top_p outside (0, 1], out-of-vocabulary ids, too long prompts, unknown inputs, a
+    too large batch: a Triton error containing the problem's words; then the server still serves."""
+    from pt_trtllm.serve.client import _triton_inputs
+
+    server, _, _ = served
+    if protocol == "http":
+        import tritonclient.http as module
+
+        client = module.InferenceServerClient(server.http)
+    else:
+        import tritonclient.grpc as module
+
+        client = module.InferenceServerClient(server.grpc)
+    message = _error(lambda: client.infer("pt", _triton_inputs(module, inputs)))
+    client.close()
+    for word in words:
+        assert word in message, message
+    assert infer(server.http, request_inputs(PROMPTS[0], max_tokens=2)).output_ids
+
+
+def test_streaming_errors_and_the_server_keeps_serving(served):
+    """The streaming model refuses bad requests by name too (gRPC stream, HTTP generate_stream)."""
+    server, _, _ = served
+    message = _error(lambda: stream(server.grpc, request_inputs(PROMPTS[0], max_tokens=8, top_p=0.0), "grpc"))
+    assert "top_p must be in (0, 1], got 0.0" in message
+    message = _error(lambda: stream(server.http, request_inputs("", max_tokens=8), "http"))
+    assert "text_input is empty" in message
+    assert stream(server.grpc, request_inputs(PROMPTS[0], max_tokens=2), "grpc").output_ids

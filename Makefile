@@ -24,7 +24,8 @@ test: $(STAMP)
 	$(PY) -m pytest tests -q -rs --durations=15
 
 benchmark: $(STAMP)
-	mpiexec -n 2 $(PY) scripts/benchmark.py --preset bench-tiny --threads 1 \
+	mpiexec -n 2 $(PY) scripts/benchmark.py --preset bench-tiny --threads 1 --batch_sizes 1,4 \
+	    --input_lens 16,128 --output_lens 32 --repeats 15 \
 	    --output_json docs/benchmark-bench-tiny.json --output_md docs/benchmark-bench-tiny.md
 
 clean:

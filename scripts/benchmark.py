@@ -47,6 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (CPU)")
     p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode steps (merges stay eager)")
     p.add_argument("--hf_model_dir", help="T=1 only: also time transformers' generate() on this HF model")
     p.add_argument("--output_json")
     p.add_argument("--output_md")
@@ -133,7 +134,8 @@ def hf_decode_comparison(engine, args) -> dict:
         if rep >= args.warmup:
             ours.append(gen.timings["tpot_ms"])
             theirs.append(((t2 - t1) - (t1 - t0)) * 1e3 / (n - 1))
-    weights = sum(p.numel() * p.element_size() for p in engine.model.parameters() if p.ndim == 2)
+    # a decode step reads every track matrix and the LM head once (of the embedding, one row)
+    weights = sum(p.numel() * p.element_size() for p in engine.model.tracks.parameters() if p.ndim == 2)
     weights += engine.lm_head.numel() * engine.lm_head.element_size()
     return {"input_len": in_len, "output_len": n, "pt_trtllm_tpot_ms": stats(ours), "hf_generate_tpot_ms": stats(theirs),
             "speedup": float(np.median(theirs) / np.median(ours)), "same_greedy_tokens": tokens_equal,
@@ -141,7 +143,8 @@ def hf_decode_comparison(engine, args) -> dict:
 
 
 def markdown(header: dict, rows: list[dict], hf: dict | None) -> str:
-    lines = ["# Benchmark: PT (block) vs TP (sublayer) vs no merges (none)", ""]
+    title = "decode vs transformers generate()" if hf else "PT (block) vs TP (sublayer) vs no merges (none)"
+    lines = [f"# Benchmark: {title}", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines += ["", "Median of the repeats (p90 in brackets); spread = (p90 - p10) / median of TPOT. "
               "`none` never merges: a timing-only upper bound, NOT a model output.", "",
@@ -201,7 +204,7 @@ def main(argv=None) -> int:
 
         ckpt = args.engine_dir or make_preset_checkpoint(args.preset, comm)
         engine = TrackEngine(ckpt, comm, device, max_batch=max(args.batch_sizes),
-                             max_len=max(args.input_lens) + max(args.output_lens))
+                             max_len=max(args.input_lens) + max(args.output_lens), compile=args.compile)
         if args.hf_model_dir and comm.world_size != 1:
             raise ValueError("--hf_model_dir compares at T=1: run without mpirun on a 1-track checkpoint")
         if engine.cfg.merge_schedule == "sublayer" and "block" in schedules and comm.rank == 0:
@@ -219,13 +222,16 @@ def main(argv=None) -> int:
               "device": str(device), "world size (ranks = tracks)": comm.world_size,
               "threads per rank": torch.get_num_threads() if device.type == "cpu" else "n/a",
               "dtype": str(engine.dtype).removeprefix("torch."), "communicator": comm.name,
+              "decode steps": "torch.compile'd (merges eager between graphs)" if args.compile else "eager",
               "model": args.preset or args.engine_dir,
               "shape": f"V={cfg.vocab_size} H={cfg.hidden_size} T={cfg.num_tracks} L={cfg.num_hidden_layers} "
                        f"D={cfg.block_depth} heads={cfg.num_attention_heads} kv={cfg.num_key_value_heads} "
                        f"d={cfg.head_dim} f/track={cfg.ffn_per_track}",
               "merges per forward": {s: engine.expected_merges(s) for s in schedules},
               "repeats": f"{args.repeats} (+{args.warmup} warm-up dropped), schedules interleaved",
-              "torch": torch.__version__, "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])}
+              "torch": torch.__version__,
+              "command": (f"mpiexec -n {comm.world_size} " if comm.world_size > 1 else "")
+              + " ".join(["python", "scripts/" + os.path.basename(sys.argv[0])] + sys.argv[1:])}
     md = markdown(header, rows, hf)
     print(md)
     record = {"header": header, "rows": rows, "goals": goal_rows(rows), "hf_comparison": hf}

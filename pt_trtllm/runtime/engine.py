@@ -74,7 +74,14 @@ class TrackEngine:
         # torch.compile fuses each decode step's small ops (merges stay eager: graph breaks); it
         # specializes on shapes, so compiled steps attend to the whole cache length, masked
         self.compiled = compile
-        self._decode_fn = torch.compile(self._decode, dynamic=False) if compile else self._decode
+        self._decode_fn = self._decode
+        if compile:
+            import torch._dynamo
+
+            # every merge is a graph break, and dynamo compiles each resume point: up to 2L of them
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit,
+                                                        4 * cfg.num_hidden_layers + 8)
+            self._decode_fn = torch.compile(self._decode, dynamic=False)
 
     # ---- forward passes --------------------------------------------------------------------------
     def expected_merges(self, schedule: str) -> int:

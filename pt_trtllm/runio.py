@@ -36,6 +36,28 @@ def parse_prompts(args, tokenizer) -> list[list[int]]:
         raise ValueError(f"--input_ids {args.input_ids!r} is not a list like \"1,2,3;4,5\"") from None
 
 
+def check_prompts(prompts: list[list[int]], max_output_len: int, max_batch: int, max_prompt_len: int,
+                  vocab_size: int, limits: str) -> None:
+    """ValueError naming the problem: no prompts, more than max_batch, max_output_len < 1, an empty
+    prompt, one longer than max_prompt_len (`limits` says where that comes from), or token ids
+    outside the vocabulary."""
+    if not prompts:
+        raise ValueError("no prompts given")
+    if len(prompts) > max_batch:
+        raise ValueError(f"{len(prompts)} prompts exceed the maximum batch size {max_batch}")
+    if max_output_len < 1:
+        raise ValueError(f"max_output_len must be >= 1, got {max_output_len}")
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+        if len(p) > max_prompt_len:
+            raise ValueError(f"prompt {i} has {len(p)} tokens; with max_output_len={max_output_len} the limit is "
+                             f"{max_prompt_len} ({limits})")
+        bad = [t for t in p if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size}): {bad[:5]}")
+
+
 def end_ids(end_id: int | None, model_eos, tokenizer) -> list[int]:
     """The EOS ids: --end_id, else the model's eos_token_id (an id or a list), else the tokenizer's."""
     eos = end_id if end_id is not None else model_eos

@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from pt_trtllm.convert.safetensors_dir import CheckpointError
+from pt_trtllm.convert.writer import atomic_dir
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -111,31 +112,18 @@ def export(gguf: Path, output_dir: Path, force: bool) -> None:
     if model.config.model_type != "llama":
         raise ExportError(f"{gguf} holds a {model.config.model_type!r} model, expected llama")
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    with atomic_dir(output_dir, force) as tmp:
         model.config.dtype = "float32"
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         copied = tmp / "tokenizer.model"  # the tokenizer's "vocab file" is the whole GGUF (~100 MB): drop
         if copied.is_file() and copied.stat().st_size == gguf.stat().st_size:  # it, tokenizer.json suffices
             copied.unlink()
-        tmp.chmod(0o755)  # mkdtemp makes it private
         if not any(tmp.glob("*.safetensors")):
             raise ExportError("save_pretrained wrote no safetensors file")
-        if output_dir.exists():  # --force: swap the old directory out, then delete it
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.replace(output_dir, old / "x")
-            os.replace(tmp, output_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, output_dir)
-        print(f"saved {output_dir} in {time.perf_counter() - t0:.1f} s (total {time.perf_counter() - start:.1f} s)",
-              flush=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    print(f"saved {output_dir} in {time.perf_counter() - t0:.1f} s (total {time.perf_counter() - start:.1f} s)",
+          flush=True)
 
 
 def main(argv=None) -> int:
@@ -147,7 +135,7 @@ def main(argv=None) -> int:
     try:
         gguf = Path(args.gguf) if args.gguf else find_gguf()
         export(gguf, Path(args.output_dir), args.force)
-    except ExportError as e:
+    except (ExportError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - one line, not a traceback, for any failure

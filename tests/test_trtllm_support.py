@@ -129,10 +129,10 @@ def info(**kw) -> EngineInfo:
 @pytest.mark.parametrize("prompts, max_output_len, world, logits, match", [
     ([[1, 2]], 4, 1, False, "need exactly 2 processes"),
     ([], 4, 2, False, "no prompts"),
-    ([[1], [2], [3]], 4, 2, False, "max_batch_size 2"),
+    ([[1], [2], [3]], 4, 2, False, "maximum batch size 2"),
     ([[1]], 0, 2, False, "max_output_len must be >= 1"),
-    ([list(range(17))], 4, 2, False, "at most 16"),
-    ([list(range(10))], 30, 2, False, "at most 2"),
+    ([list(range(17))], 4, 2, False, "the limit is 16 "),
+    ([list(range(10))], 30, 2, False, "the limit is 2 \\(max_input_len"),
     ([[1, 512]], 4, 2, False, "outside"),
     ([[1, 2]], 4, 2, True, "gather_context_logits"),
 ])

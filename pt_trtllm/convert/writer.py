@@ -34,6 +34,9 @@ def atomic_dir(dst: str | Path, force: bool):
         raise CheckpointError(f"--output_dir {dst} already exists; pass --force to replace it")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         yield tmp
         if dst.exists():

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..convert.safetensors_dir import CheckpointError
 from ..merge import AllReduceMerge
+from ..runio import check_prompts
 from ..schedule import merges_per_forward
 from .cache import SlotKVCache
 from .comm import Communicator
@@ -125,22 +126,8 @@ class TrackEngine:
     # ---- generation ------------------------------------------------------------------------------
     def check_request(self, prompts: list[list[int]], max_output_len: int) -> None:
         """ValueError naming the problem for a batch this engine cannot run."""
-        if not prompts:
-            raise ValueError("no prompts given")
-        if len(prompts) > self.max_batch:
-            raise ValueError(f"{len(prompts)} prompts exceed the maximum batch size {self.max_batch}")
-        if max_output_len < 1:
-            raise ValueError(f"max_output_len must be >= 1, got {max_output_len}")
-        limit = self.max_len - max_output_len
-        for i, p in enumerate(prompts):
-            if not p:
-                raise ValueError(f"prompt {i} is empty")
-            if len(p) > limit:
-                raise ValueError(f"prompt {i} has {len(p)} tokens; with max_output_len={max_output_len} the limit "
-                                 f"is {limit} (max_position_embeddings={self.max_len})")
-            bad = [t for t in p if not 0 <= t < self.cfg.vocab_size]
-            if bad:
-                raise ValueError(f"prompt {i} has token ids outside [0, {self.cfg.vocab_size}): {bad[:5]}")
+        check_prompts(prompts, max_output_len, self.max_batch, self.max_len - max_output_len, self.cfg.vocab_size,
+                      f"max_position_embeddings={self.max_len}")
 
     def agree(self, logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
         """Rank 0 samples, every rank receives its tokens [n] (one counted "other" collective)."""

@@ -14,7 +14,7 @@ import sys
 import time
 
 
-from ..runio import end_ids, load_tokenizer, npy_bytes, parse_prompts, write_atomic
+from ..runio import check_prompts, end_ids, load_tokenizer, npy_bytes, parse_prompts, write_atomic
 from ..schedule import merges_per_forward
 from .support import EngineInfo, engine_schedule, read_engine_info
 
@@ -70,23 +70,10 @@ def check_request(info: EngineInfo, prompts: list[list[int]], max_output_len: in
     if world_size != cfg.num_tracks:
         raise ValueError(f"the engines have {cfg.num_tracks} ranks and need exactly {cfg.num_tracks} processes "
                          f"(mpirun -n {cfg.num_tracks}); this run has {world_size}")
-    if not prompts:
-        raise ValueError("no prompts given")
-    if len(prompts) > info.max_batch_size:
-        raise ValueError(f"{len(prompts)} prompts exceed the engine's max_batch_size {info.max_batch_size}")
-    if max_output_len < 1:
-        raise ValueError(f"max_output_len must be >= 1, got {max_output_len}")
     limit = min(info.max_input_len, info.max_seq_len - max_output_len, cfg.max_position_embeddings - max_output_len)
-    for i, p in enumerate(prompts):
-        if not p:
-            raise ValueError(f"prompt {i} is empty")
-        if len(p) > limit:
-            raise ValueError(f"prompt {i} has {len(p)} tokens; with max_output_len={max_output_len} these engines "
-                             f"take at most {limit} (max_input_len={info.max_input_len}, "
-                             f"max_seq_len={info.max_seq_len}, max_position_embeddings={cfg.max_position_embeddings})")
-        bad = [t for t in p if not 0 <= t < cfg.vocab_size]
-        if bad:
-            raise ValueError(f"prompt {i} has token ids outside [0, {cfg.vocab_size}): {bad[:5]}")
+    check_prompts(prompts, max_output_len, info.max_batch_size, limit, cfg.vocab_size,
+                  f"max_input_len={info.max_input_len}, max_seq_len={info.max_seq_len}, "
+                  f"max_position_embeddings={cfg.max_position_embeddings}")
     if want_logits:
         if not info.gather_context_logits:
             raise ValueError("--output_logits needs engines built with --gather_context_logits")

@@ -94,3 +94,18 @@ def test_bench_serving_reports_json_markdown_and_plot(served, tmp_path):
     table = (out / "test.md").read_text()
     assert "TTFT" in table and "TPOT" in table and "ITL" in table
     assert (out / "test.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_serving_over_http_generate_stream(served, tmp_path):
+    """bench_serving.py over HTTP generate_stream (server-sent events) counts every token of every
+    request: the same accounting as over gRPC."""
+    from pt_trtllm.serve.bench import main
+
+    server, _ = served
+    out = tmp_path / "bench"
+    rc = main(["--url", server.http, "--protocol", "http", "--num_requests", "8", "--concurrency", "4",
+               "--input_len", "12", "--output_len", "6", "--seed", "2", "--output_dir", str(out), "--label", "http"])
+    assert rc == 0
+    m = json.loads((out / "http.json").read_text())["metrics"]
+    assert m["completed"] == 8 and m["failed"] == 0 and m["output_tokens"] == 8 * 6
+    assert 0 < m["ttft_ms"]["p50"] < m["e2el_ms"]["p50"] and m["itl_ms"]["mean"] > 0

@@ -48,6 +48,23 @@ class RequestResult:
     e2el: float = 0.0
     itl: list[float] = field(default_factory=list)
     error: str | None = None
+    last: float = 0.0
+
+    def arrived(self, now: float, n: int) -> None:
+        """n tokens arrived at `now`: the first ones set TTFT, later ones add an inter-token latency."""
+        if self.output_tokens == 0:
+            self.ttft = now - self.start
+        else:
+            self.itl.append(now - self.last)
+        self.last = now
+        self.output_tokens += n
+
+    def finish(self) -> "RequestResult":
+        self.e2el = self.last - self.start
+        self.ok = self.output_tokens > 0
+        if not self.ok:
+            self.error = "no tokens received"
+        return self
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -138,27 +155,16 @@ async def _grpc_request(client, spec: RequestSpec, args) -> RequestResult:
         yield {"model_name": MODEL, "inputs": tensors}
 
     result = RequestResult(False, spec.prompt_len, start=time.perf_counter())
-    last = result.start
+    result.last = result.start
     async for response, error in client.stream_infer(requests(), stream_timeout=args.timeout):
         now = time.perf_counter()
         if error is not None:
             result.error = str(error)
             return result
         ids = response.as_numpy("output_ids")
-        n = 0 if ids is None else ids.size
-        if n == 0:
-            continue
-        if result.output_tokens == 0:
-            result.ttft = now - result.start
-        else:
-            result.itl.append(now - last)
-        last = now
-        result.output_tokens += n
-    result.e2el = last - result.start
-    result.ok = result.output_tokens > 0
-    if not result.ok:
-        result.error = "no tokens received"
-    return result
+        if ids is not None and ids.size:
+            result.arrived(now, ids.size)
+    return result.finish()
 
 
 async def _http_request(session, spec: RequestSpec, args) -> RequestResult:
@@ -166,7 +172,7 @@ async def _http_request(session, spec: RequestSpec, args) -> RequestResult:
 
     body = {k: _json_value(v) for k, v in _inputs(spec, args.use_eos).items()}
     result = RequestResult(False, spec.prompt_len, start=time.perf_counter())
-    last = result.start
+    result.last = result.start
     async with session.post(f"http://{args.url}/v2/models/{MODEL}/generate_stream", json=body) as response:
         if response.status != 200:
             result.error = f"[{response.status}] {await response.text()}"
@@ -182,19 +188,9 @@ async def _http_request(session, spec: RequestSpec, args) -> RequestResult:
                 return result
             ids = event.get("output_ids", [])
             n = len(ids) if isinstance(ids, list) else 1
-            if n == 0:
-                continue
-            if result.output_tokens == 0:
-                result.ttft = now - result.start
-            else:
-                result.itl.append(now - last)
-            last = now
-            result.output_tokens += n
-    result.e2el = last - result.start
-    result.ok = result.output_tokens > 0
-    if not result.ok:
-        result.error = "no tokens received"
-    return result
+            if n:
+                result.arrived(now, n)
+    return result.finish()
 
 
 async def _run(args, specs: list[RequestSpec], rng: random.Random) -> tuple[list[RequestResult], float]:

@@ -103,11 +103,7 @@ def test_sigterm_drains_running_requests_and_every_rank_exits_0(ckpt, tmp_path):
         assert "stopped (SIGTERM)" in log
         assert "2 merges per forward pass" in log  # L/D = 4/2, counted on rank 0 while serving
         assert not server.live()
-        for _ in range(40):  # the stubs exit once tritonserver is gone
-            if not server.leftovers():
-                break
-            time.sleep(0.25)
-        assert server.leftovers() == []
+        assert server.wait_for_leftovers() == []
     finally:
         server.kill()
 
@@ -146,11 +142,7 @@ def test_a_killed_follower_makes_the_server_exit_not_hang(ckpt, tmp_path):
             c.join(60)
             assert not c.is_alive()
         assert len(errors) == 2 and all(e is not None for e in errors)
-        for _ in range(40):
-            if not server.leftovers():
-                break
-            time.sleep(0.25)
-        assert server.leftovers() == []
+        assert server.wait_for_leftovers() == []
     finally:
         server.kill()
 

@@ -160,6 +160,13 @@ class ServerProcess:
         """Processes the server started that are still running."""
         return [pid for pid, start in self._seen.items() if _start_time(pid) == start and _alive(pid)]
 
+    def wait_for_leftovers(self, timeout: float = 10.0) -> list[int]:
+        """The processes still running after up to `timeout` s (stubs exit once tritonserver is gone)."""
+        deadline = time.monotonic() + timeout
+        while (left := self.leftovers()) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        return left
+
     def kill(self) -> None:
         self.remember()
         for pid in self.leftovers():

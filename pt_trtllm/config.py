@@ -7,9 +7,10 @@ from pathlib import Path
 
 from transformers import PretrainedConfig
 
+from .schedule import check_schedule
+
 COMBINE_OPS = ("mean", "sum", "residual_sum")
 ROPE_STYLES = ("neox", "gptj")
-MERGE_SCHEDULES = ("block", "sublayer")
 PRESET_DIR = Path(__file__).resolve().parent / "configs"  # -> the repository's configs/
 
 # The fields of pt-spec section 2, in the order they are documented; converters and the per-rank
@@ -155,14 +156,13 @@ class PTConfig(PretrainedConfig):
         if self.num_hidden_layers % self.block_depth:
             raise ValueError(f"num_hidden_layers={self.num_hidden_layers} is not divisible by "
                              f"block_depth={self.block_depth}")
-        for name, allowed in (("combine_op", COMBINE_OPS), ("rope_style", ROPE_STYLES),
-                              ("merge_schedule", MERGE_SCHEDULES)):
+        for name, allowed in (("combine_op", COMBINE_OPS), ("rope_style", ROPE_STYLES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
-        if self.merge_schedule == "sublayer" and (self.track_dispatch_norm or self.track_combine_norm):
-            raise ValueError("merge_schedule='sublayer' cannot be used with track_dispatch_norm or track_combine_norm "
-                             f"(got {self.track_dispatch_norm}, {self.track_combine_norm}): those norms belong to "
-                             "track blocks")
+        try:
+            check_schedule(self.merge_schedule, "checkpoint", self)
+        except ValueError as e:
+            raise ValueError(f"merge_schedule={self.merge_schedule!r}: {e}") from None
         if self.combine_op == "residual_sum" and self.track_dispatch_norm:
             raise ValueError("combine_op='residual_sum' cannot be used with track_dispatch_norm=True: "
                              "the block input x of x + sum_t(h_t - x) would be ambiguous")

@@ -1,15 +1,48 @@
 """The two checkpoint layouts of pt-spec sections 4 and 5, as plain Python: tensor names and
-shapes, and the per-rank `config.json`. Shared by the converter, the runtime's loader and the
-TensorRT-LLM network definition (which declares exactly these weights for rank t).
+shapes, and the per-rank `config.json` (written and read here, once). Shared by the converter, the
+runtime's loader, scripts/build.py and the TensorRT-LLM network definition (which declares exactly
+these weights for rank t).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from .config import PT_FIELDS, PTConfig
+from .dtypes import DTYPES
+from .merge import DEFAULT_MERGE_IMPL, check_merge_impl
 
 Shape = tuple[int, ...]
 
-DTYPES = ("float32", "float16", "bfloat16")
+
+class CheckpointError(ValueError):
+    """A problem with a source or destination checkpoint; the message lists every problem found."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            super().__init__(self.problems[0])
+        else:
+            super().__init__(f"{len(self.problems)} problems: " + "; ".join(self.problems))
+
+
+def read_json(path: str | Path, missing: str = "") -> dict:
+    """A config.json as a dict; CheckpointError "<path> not found<missing>" or "<path>: invalid JSON"."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        raise CheckpointError(f"{path} not found{missing}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not readable ({e.__class__.__name__})") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return data
+
+
 POSITION_EMBEDDING_TYPES = {"neox": "rope_gpt_neox", "gptj": "rope_gptj"}
 
 
@@ -59,7 +92,9 @@ def hf_layout(cfg: PTConfig) -> dict[str, Shape]:
     return out
 
 
-# rank-file name -> the HF names (of track t, relative to its layers.{layer}.) it is made of, in order
+# rank-file name -> the HF names (of track t, relative to its layers.{layer}.) it is made of, in order.
+# TensorRT-LLM's GatedMLP names are swapped against HF's: its `fc` is HF's gate_proj (the input of
+# the activation) and its `gate` is HF's up_proj (the multiplier); see docs/pt-spec.md section 5.
 RANK_LAYER_SOURCES = {
     "input_layernorm.weight": ("input_layernorm.weight",),
     "attention.qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
@@ -103,11 +138,13 @@ def rank_layout(cfg: PTConfig, rank: int) -> dict[str, Shape]:
     return out
 
 
-def rank_config(cfg: PTConfig, dtype: str) -> dict:
+def rank_config(cfg: PTConfig, dtype: str, merge_impl: str = DEFAULT_MERGE_IMPL) -> dict:
     """The per-rank checkpoint's config.json (pt-spec section 5): TensorRT-LLM's fields, whose
-    totals TensorRT-LLM divides by tp_size = T (one track per rank), plus every PT field."""
+    totals TensorRT-LLM divides by tp_size = T (one track per rank), every PT field, and
+    `merge_impl` (how a served rank merges; pt_trtllm.merge.MERGE_IMPLS)."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not one of {DTYPES}")
+        raise ValueError(f"dtype={dtype!r} is not one of {tuple(DTYPES)}")
+    check_merge_impl(merge_impl)
     T = cfg.num_tracks
     out = {
         "architecture": "PTForCausalLM",
@@ -126,6 +163,7 @@ def rank_config(cfg: PTConfig, dtype: str) -> dict:
         "max_position_embeddings": cfg.max_position_embeddings,
         "mapping": {"world_size": T, "tp_size": T, "pp_size": 1},
         "quantization": {"quant_algo": None, "kv_cache_quant_algo": None},
+        "merge_impl": merge_impl,
     }
     for name in PT_FIELDS:
         out.setdefault(name, getattr(cfg, name))
@@ -154,10 +192,33 @@ def check_rank_config(data: dict) -> PTConfig:
     naming the first field that does not (an edited head_size, a quantized checkpoint, a mapping
     that is not one track per rank, ...)."""
     cfg = config_from_rank_config(data)
+    merge_impl_of(data)
     for key, want in rank_config(cfg, data.get("dtype")).items():
+        if key == "merge_impl":  # optional (checked above)
+            continue
         have = data.get(key)
         if isinstance(want, dict):
             have = {k: have.get(k) for k in want} if isinstance(have, dict) else have
         if have != want:
             raise ValueError(f"config.json field {key}={have!r} disagrees with the PT fields, which give {want!r}")
     return cfg
+
+
+def merge_impl_of(data: dict) -> str:
+    """The `merge_impl` of a per-rank or engine config.json (the default when a checkpoint written
+    before the field existed lacks it); ValueError for an unknown one."""
+    return check_merge_impl(data.get("merge_impl", DEFAULT_MERGE_IMPL))
+
+
+def read_rank_config(checkpoint_dir: str | Path, flag: str = "--engine_dir") -> tuple[PTConfig, dict]:
+    """The PTConfig of a per-rank checkpoint and its config.json as read; CheckpointError naming the
+    problem (no config.json, invalid JSON, not a PT checkpoint, fields that disagree)."""
+    path = Path(checkpoint_dir) / "config.json"
+    raw = read_json(path, f" (is {flag} a per-rank checkpoint?)")
+    if raw.get("architecture") != "PTForCausalLM":
+        raise CheckpointError(f"{path}: architecture {raw.get('architecture')!r} is not PTForCausalLM: convert it "
+                              "with scripts/convert_checkpoint.py first")
+    try:
+        return check_rank_config(raw), raw
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None

@@ -1,36 +1,80 @@
-"""Track merges (pt-spec section 3). `TrackMerge` combines the tracks held by one process;
-`AllReduceMerge` is the served form: each rank holds one track and one all-reduce (sum) does it.
-Both compute the sum first and then scale or correct, so they agree up to summation order.
+"""Track merges (pt-spec section 3): the one seam between the model and how tracks are combined.
+
+Every merge has the same call, in PyTorch here and mirrored by the TensorRT-LLM network definition
+(pt_trtllm/trtllm/model.py):
+
+    merged, normed = merge(x, hs, norm=None)
+
+- x [.., H]: the segment's input (the block input of `residual_sum`);
+- hs: the tracks' outputs [.., H] that this process holds (all T of them in one process; one per
+  rank when served);
+- norm: the RMSNorm that runs next on the merged state, when the caller wants its output;
+- merged: the merged state; normed: norm(merged), or None when no norm was given.
+
+A fused implementation (an all-reduce fused with the next RMSNorm, a custom plugin, a GPU kernel)
+returns `normed` from the same kernel; the model then skips that norm. `LocalMerge` combines the
+tracks held by one process; `AllReduceMerge` is the served form (one all-reduce per merge). Both
+sum first, then scale or correct, so they agree up to summation order.
+
+Which implementation a served model uses is the `merge_impl` field of the per-rank and engine
+config.json (MERGE_IMPLS; `make_merge`).
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
+MERGE_IMPLS = ("allreduce",)
+"""Values of config.json's `merge_impl`. "allreduce": one unfused sum all-reduce, then the combine
+op and the next norm as separate operations (the default, and the only one so far)."""
+DEFAULT_MERGE_IMPL = "allreduce"
 
-class TrackMerge(nn.Module):
-    """x: the block input [.., H]; hs: one [.., H] output per track -> the merged state."""
+Norm = Callable[[torch.Tensor], torch.Tensor]
+
+
+def check_merge_impl(impl: str) -> str:
+    if impl not in MERGE_IMPLS:
+        raise ValueError(f"merge_impl={impl!r} is not one of {MERGE_IMPLS}")
+    return impl
+
+
+class Merge(nn.Module):
+    """The merge interface (see the module docstring)."""
 
     def __init__(self, combine_op: str, num_tracks: int):
         super().__init__()
         self.combine_op, self.num_tracks = combine_op, num_tracks
 
-    def forward(self, x: torch.Tensor, hs: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hs: list[torch.Tensor],
+                norm: Norm | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        merged = self.combine(x, hs)
+        return merged, (norm(merged) if norm is not None else None)
+
+    def combine(self, x: torch.Tensor, hs: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LocalMerge(Merge):
+    """All tracks in this process (PTForCausalLM): the combine op over the list."""
+
+    def combine(self, x: torch.Tensor, hs: list[torch.Tensor]) -> torch.Tensor:
         if self.combine_op == "residual_sum":
             return x + sum(h - x for h in hs)
         total = sum(hs)
         return total / self.num_tracks if self.combine_op == "mean" else total
 
 
-class AllReduceMerge(nn.Module):
-    """The merge of one rank holding one track: one all-reduce of a [.., H] tensor per call."""
+class AllReduceMerge(Merge):
+    """One track per rank: ONE sum all-reduce of a [.., H] tensor per merge, on `comm`."""
 
     def __init__(self, combine_op: str, num_tracks: int, comm):
-        super().__init__()
-        self.combine_op, self.num_tracks, self.comm = combine_op, num_tracks, comm
+        super().__init__(combine_op, num_tracks)
+        self.comm = comm
 
-    def forward(self, x: torch.Tensor, hs: list[torch.Tensor]) -> torch.Tensor:
+    def combine(self, x: torch.Tensor, hs: list[torch.Tensor]) -> torch.Tensor:
         (h,) = hs
         if self.num_tracks == 1:  # every combine op is the identity on one track
             self.comm.all_reduce(h)  # counted (a no-op on one rank), as the merge is part of the model
@@ -40,3 +84,9 @@ class AllReduceMerge(nn.Module):
             return x + self.comm.all_reduce(h - x)
         total = self.comm.all_reduce(h)
         return total / self.num_tracks if self.combine_op == "mean" else total
+
+
+def make_merge(impl: str, combine_op: str, num_tracks: int, comm) -> Merge:
+    """The served merge of `merge_impl` = `impl` for one rank of `comm`."""
+    check_merge_impl(impl)
+    return AllReduceMerge(combine_op, num_tracks, comm)

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .merge import TrackMerge
-from .schedule import Segment, build_schedule
+from .merge import LocalMerge, Merge
+from .schedule import Segment, build_schedule, check_schedule
 
 
 class RMSNorm(nn.Module):
@@ -141,7 +140,11 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm Llama layer of one track, run as two residual steps."""
+    """One pre-norm Llama layer of one track, run as two residual steps.
+
+    `step` runs half a layer (attention or MLP) because the sublayer schedule merges the tracks
+    between the two halves; under the block schedule a track simply runs both steps of each layer.
+    """
 
     def __init__(self, config):
         super().__init__()
@@ -152,10 +155,19 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(H, eps)
         self.mlp = MLP(H, config.ffn_per_track)
 
-    def step(self, kind: str, h: torch.Tensor, ctx: Context, cache_index: int) -> torch.Tensor:
+    def norm(self, kind: str) -> RMSNorm:
+        """The RMSNorm that step `kind` applies first."""
+        return self.input_layernorm if kind == "attn" else self.post_attention_layernorm
+
+    def step(self, kind: str, h: torch.Tensor, ctx: Context, cache_index: int,
+             normed: torch.Tensor | None = None) -> torch.Tensor:
+        """h + attn(input_layernorm(h)) for "attn", h + mlp(post_attention_layernorm(h)) for "mlp";
+        `normed` is that norm's output when a fused merge already computed it."""
+        if normed is None:
+            normed = self.norm(kind)(h)
         if kind == "attn":
-            return h + self.self_attn(self.input_layernorm(h), ctx, cache_index)
-        return h + self.mlp(self.post_attention_layernorm(h))
+            return h + self.self_attn(normed, ctx, cache_index)
+        return h + self.mlp(normed)
 
 
 class Track(nn.Module):
@@ -172,12 +184,25 @@ class Track(nn.Module):
                 RMSNorm(config.hidden_size, config.rms_norm_eps) for _ in range(config.num_blocks))
         self.cache_offset = cache_offset
 
-    def forward(self, segment: Segment, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+    def entry_norm(self, segment: Segment) -> RMSNorm:
+        """The RMSNorm this track applies first to a segment's input: the block's dispatch norm, or
+        the first step's layer norm."""
+        if segment.dispatch_block is not None and hasattr(self, "dispatch_norms"):
+            return self.dispatch_norms[segment.dispatch_block]
+        layer, kind = segment.steps[0]
+        return self.layers[layer].norm(kind)
+
+    def forward(self, segment: Segment, x: torch.Tensor, ctx: Context,
+                normed: torch.Tensor | None = None) -> torch.Tensor:
+        """Run one segment on the merged state x [B, S, H] -> this track's output [B, S, H].
+        `normed` is entry_norm(segment)(x) when the previous merge computed it (then not redone)."""
         h = x
         if segment.dispatch_block is not None and hasattr(self, "dispatch_norms"):
-            h = self.dispatch_norms[segment.dispatch_block](h)
+            h = normed if normed is not None else self.dispatch_norms[segment.dispatch_block](h)
+            normed = None
         for layer, kind in segment.steps:
-            h = self.layers[layer].step(kind, h, ctx, self.cache_offset + layer)
+            h = self.layers[layer].step(kind, h, ctx, self.cache_offset + layer, normed)
+            normed = None
         if segment.combine_block is not None and hasattr(self, "combine_norms"):
             h = self.combine_norms[segment.combine_block](h)
         return h
@@ -189,42 +214,68 @@ def _segments(schedule: str, num_layers: int, block_depth: int) -> tuple[Segment
 
 
 class PTModel(nn.Module):
-    """Embedding -> L/D track blocks (or the chosen schedule) with merges -> final norm.
+    """Embedding -> the schedule's segments, each run by every track and merged -> final norm.
 
-    `tracks` lists the track ids this instance holds (all of them by default); `merge` combines
-    the tracks' hidden states after each segment (`TrackMerge` in one process; the runtime passes
-    an all-reduce with the same interface).
+    `num_local_tracks` is how many tracks this instance holds (all T by default; the runtime holds
+    one per rank); `merge` combines the tracks' outputs after each segment (`LocalMerge` in one
+    process; the runtime passes an `AllReduceMerge`, which has the same interface).
     """
 
-    def __init__(self, config, tracks: Sequence[int] | None = None, merge: nn.Module | None = None):
+    def __init__(self, config, num_local_tracks: int | None = None, merge: Merge | None = None):
         super().__init__()
         self.config = config
-        self.track_ids = list(range(config.num_tracks) if tracks is None else tracks)
         L = config.num_hidden_layers
+        n = config.num_tracks if num_local_tracks is None else num_local_tracks
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.tracks = nn.ModuleList(Track(config, i * L) for i in range(len(self.track_ids)))
+        self.tracks = nn.ModuleList(Track(config, i * L) for i in range(n))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_style)
-        self.merge = merge if merge is not None else TrackMerge(config.combine_op, config.num_tracks)
+        self.merge = merge if merge is not None else LocalMerge(config.combine_op, config.num_tracks)
 
     def segments(self, schedule: str) -> tuple[Segment, ...]:
         cfg = self.config
-        if schedule == "sublayer" and (cfg.track_dispatch_norm or cfg.track_combine_norm):
-            raise ValueError("the sublayer schedule is undefined for models with track_dispatch_norm or "
-                             "track_combine_norm (those norms belong to track blocks)")
-        if schedule == "none" and len(self.tracks) != 1:
-            raise ValueError("the none schedule (no merges; timing only) needs exactly one track per process")
+        check_schedule(schedule, "runtime", cfg, tracks_per_process=len(self.tracks))
         return _segments(schedule, cfg.num_hidden_layers, cfg.block_depth)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
                 cache=None, schedule: str | None = None) -> torch.Tensor:
-        # input_ids, positions: [B, S] -> normed hidden states [B, S, H]
+        """input_ids, positions: [B, S] -> the final-normed hidden states [B, S, H].
+
+        block schedule (T tracks, L layers, merges after every D layers):
+
+            x = embed(ids)
+            |-> track 0: [dispatch norm] layers 0..D-1 [combine norm] --+
+            |-> ...                                                     +-> merge -> x -> next block ...
+            |-> track T-1: ...                                        --+
+            ... L/D blocks ... -> final norm
+
+        sublayer schedule: every attention step and every MLP step of every layer is its own
+        segment, merged at once (2L merges: tensor parallelism on these weights). none: the one
+        track held runs all L layers without merging (timing only).
+
+        Each merge also returns the input of the norm that runs next on the merged state (the next
+        segment's entry norm, or the final norm) when every track held would apply the same one:
+        a fused merge computes it in its own kernel and the consumer skips it.
+        """
         ctx = Context(self.rotary(positions), mask, cache)
-        x = self.embed_tokens(input_ids)
-        for segment in self.segments(schedule or self.config.merge_schedule):
-            hs = [track(segment, x, ctx) for track in self.tracks]
-            x = self.merge(x, hs) if segment.merge else hs[0]
-        return self.norm(x)
+        segments = self.segments(schedule or self.config.merge_schedule)
+        x = self.embed_tokens(input_ids)  # [B, S, H]
+        normed = None
+        for i, segment in enumerate(segments):
+            hs = [track(segment, x, ctx, normed) for track in self.tracks]  # T_local x [B, S, H]
+            if segment.merge:
+                x, normed = self.merge(x, hs, self._next_norm(segments, i))
+            else:
+                x, normed = hs[0], None
+        return normed if normed is not None else self.norm(x)
+
+    def _next_norm(self, segments: tuple[Segment, ...], i: int) -> RMSNorm | None:
+        """The norm that runs next on the state merged after segment i, if it is one norm."""
+        if i == len(segments) - 1:
+            return self.norm
+        if len(self.tracks) == 1:
+            return self.tracks[0].entry_norm(segments[i + 1])
+        return None  # each track has its own
 
     def fuse(self) -> None:
         """Fuse q/k/v and gate/up projections for inference (weights stay shared, not copied)."""

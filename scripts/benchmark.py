@@ -16,7 +16,6 @@ lock step). EOS is ignored so that every run generates exactly output_len tokens
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -26,7 +25,8 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from pt_trtllm.runtime.launch import agree, setup
+from pt_trtllm.measure import machine_line, summary
+from pt_trtllm.runtime.launch import setup, start_on_all_ranks
 from pt_trtllm.runtime.sampling import SamplingParams
 
 
@@ -58,29 +58,10 @@ def make_preset_checkpoint(name: str, comm) -> str:
     """Rank 0 writes a random fp32 model of the preset as a per-rank checkpoint; all get its path."""
     path = None
     if comm.rank == 0:
-        from pt_trtllm import PTConfig, PTForCausalLM
-        from pt_trtllm.convert.writer import convert
+        from pt_trtllm.convert.random_checkpoint import write_random_checkpoint
 
-        torch.manual_seed(0)
-        root = tempfile.mkdtemp(prefix="pt-bench-")
-        model = PTForCausalLM(PTConfig.from_preset(name))
-        model.save_pretrained(os.path.join(root, "hf"))
-        convert(os.path.join(root, "hf"), os.path.join(root, "ckpt"), progress=False)
-        path = os.path.join(root, "ckpt")
+        path = str(write_random_checkpoint(os.path.join(tempfile.mkdtemp(prefix="pt-bench-"), "ckpt"), name))
     return comm.MPI.COMM_WORLD.bcast(path, root=0) if comm.world_size > 1 else path
-
-
-def stats(values: list[float]) -> dict:
-    a = np.asarray(values, dtype=float)
-    med = float(np.median(a))
-    return {"median": med, "p90": float(np.percentile(a, 90)), "p10": float(np.percentile(a, 10)),
-            "spread": float((np.percentile(a, 90) - np.percentile(a, 10)) / med) if med else 0.0, "n": len(a)}
-
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def run_grid(engine, args, schedules) -> list[dict]:
@@ -101,9 +82,9 @@ def run_grid(engine, args, schedules) -> list[dict]:
                     t = samples[s]
                     rows.append({"batch": batch, "input_len": in_len, "output_len": out_len, "schedule": s,
                                  "merges_per_forward": engine.expected_merges(s),
-                                 "ttft_ms": stats([x["ttft_ms"] for x in t]),
-                                 "tpot_ms": stats([x["tpot_ms"] for x in t]),
-                                 "output_tokens_per_s": stats([x["output_tokens_per_s"] for x in t])})
+                                 "ttft_ms": summary([x["ttft_ms"] for x in t]),
+                                 "tpot_ms": summary([x["tpot_ms"] for x in t]),
+                                 "output_tokens_per_s": summary([x["output_tokens_per_s"] for x in t])})
                 if engine.comm.rank == 0:
                     print(f"batch {batch} in {in_len} out {out_len}: " + ", ".join(
                         f"{r['schedule']} TTFT {r['ttft_ms']['median']:.2f} ms TPOT {r['tpot_ms']['median']:.2f} ms"
@@ -137,7 +118,7 @@ def hf_decode_comparison(engine, args) -> dict:
     # a decode step reads every track matrix and the LM head once (of the embedding, one row)
     weights = sum(p.numel() * p.element_size() for p in engine.model.tracks.parameters() if p.ndim == 2)
     weights += engine.lm_head.numel() * engine.lm_head.element_size()
-    return {"input_len": in_len, "output_len": n, "pt_trtllm_tpot_ms": stats(ours), "hf_generate_tpot_ms": stats(theirs),
+    return {"input_len": in_len, "output_len": n, "pt_trtllm_tpot_ms": summary(ours), "hf_generate_tpot_ms": summary(theirs),
             "speedup": float(np.median(theirs) / np.median(ours)), "same_greedy_tokens": tokens_equal,
             "weight_bytes_per_token": weights}
 
@@ -212,13 +193,13 @@ def main(argv=None) -> int:
                   "'PT-ified' model (timings are still comparable)")
         return engine
 
-    engine = agree(comm, start)
+    engine = start_on_all_ranks(comm, start)
     rows = run_grid(engine, args, schedules)
     hf = hf_decode_comparison(engine, args) if args.hf_model_dir else None
     if comm.rank != 0:
         return 0
     cfg = engine.cfg
-    header = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+    header = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_line(),
               "device": str(device), "world size (ranks = tracks)": comm.world_size,
               "threads per rank": torch.get_num_threads() if device.type == "cpu" else "n/a",
               "dtype": str(engine.dtype).removeprefix("torch."), "communicator": comm.name,

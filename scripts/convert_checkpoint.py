@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from pt_trtllm.convert.safetensors_dir import CheckpointError
+from pt_trtllm.formats import CheckpointError
 from pt_trtllm.convert.writer import convert
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from pt_trtllm.convert.safetensors_dir import CheckpointError
+from pt_trtllm.formats import CheckpointError
 from pt_trtllm.convert.writer import atomic_dir
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -100,7 +100,7 @@ def decode_speed(cfg: PTConfig, schedule: str, label: str, bandwidth: float, bat
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     with CUDA:
-        model = PTModel(cfg, tracks=[0], merge=AllReduceMerge(cfg.combine_op, cfg.num_tracks, comm))
+        model = PTModel(cfg, num_local_tracks=1, merge=AllReduceMerge(cfg.combine_op, cfg.num_tracks, comm))
         lm_head = torch.randn(cfg.vocab_size, cfg.hidden_size) * cfg.hidden_size**-0.5
     torch.set_default_dtype(previous)
     model.fuse()

@@ -11,15 +11,16 @@ NCCL on GPUs) or an engine directory from build.py (run by TensorRT-LLM).
 """
 
 import argparse
+import hashlib
 import json
 import sys
 import traceback
 
-from pt_trtllm.convert.safetensors_dir import CheckpointError
-from pt_trtllm.runio import end_ids, load_tokenizer, npy_bytes, parse_prompts, write_atomic
-from pt_trtllm.runtime.launch import agree, setup
+from pt_trtllm.cli import add_device_flags, end_ids, load_tokenizer, npy_bytes, parse_prompts, report, write_atomic
+from pt_trtllm.formats import CheckpointError
+from pt_trtllm.runtime.launch import setup, start_on_all_ranks
 from pt_trtllm.runtime.sampling import SamplingParams
-from pt_trtllm.schedule import SCHEDULES
+from pt_trtllm.schedule import CONTEXTS
 
 NONE_NOTE = "schedule 'none' never merges the tracks: a timing-only upper bound, NOT a model output"
 
@@ -31,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input_text", nargs="+", help="prompt(s); needs --tokenizer_dir")
     p.add_argument("--tokenizer_dir", help="HF tokenizer directory")
     p.add_argument("--input_ids", help='token ids: "1,2,3;4,5" (prompts separated by ";")')
-    p.add_argument("--schedule", choices=SCHEDULES, help="merge schedule (default: the checkpoint's merge_schedule)")
+    p.add_argument("--schedule", choices=CONTEXTS["runtime"], help="merge schedule (default: the checkpoint's merge_schedule)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top_k", type=int, default=0, help="0 = no top-k filter")
     p.add_argument("--top_p", type=float, default=1.0, help="1 = no nucleus filter")
@@ -39,9 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--end_id", type=int, help="EOS token id (default: the model's eos_token_id)")
     p.add_argument("--output_json", help="write ids, text, merge counts and timings here (rank 0)")
     p.add_argument("--output_logits", help="write the prefill logits [batch, prompt_len, vocab] as float32 .npy")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
-    p.add_argument("--threads", type=int, help="torch threads per rank on CPU (default: cores / local ranks)")
-    p.add_argument("--no_cuda_graphs", action="store_true", help="run CUDA decode steps eagerly")
+    add_device_flags(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (fuses small ops)")
     return p.parse_args(argv)
 
@@ -73,7 +72,7 @@ def main(argv=None) -> int:
         eos_ids = set(end_ids(args.end_id, engine.cfg.eos_token_id, tokenizer))
         return engine, tokenizer, prompts, params, eos_ids
 
-    engine, tokenizer, prompts, params, eos_ids = agree(comm, start, (ValueError, CheckpointError))
+    engine, tokenizer, prompts, params, eos_ids = start_on_all_ranks(comm, start, (ValueError, CheckpointError))
     try:
         gen = engine.generate(prompts, args.max_output_len, params, args.schedule, eos_ids,
                               prefill_logits=bool(args.output_logits))
@@ -82,32 +81,34 @@ def main(argv=None) -> int:
         sys.stderr.flush()
         comm.abort(1)
         return 1
+    # every rank's digest of the ids it generated: they agree unless a rank used its own tokens
+    digests = comm.all_gather_object(ids_digest(gen.output_ids), kind="digest")
     if comm.rank != 0:
         return 0
     text = [tokenizer.decode(ids, skip_special_tokens=True) for ids in gen.output_ids] if tokenizer else None
     if gen.schedule == "none":
         print(f"[{NONE_NOTE}]")
-    for i, ids in enumerate(gen.output_ids):
-        shown = repr(text[i]) if text else ids
-        print(f"[{i}] prompt {len(prompts[i])} tokens -> {len(ids)} generated: {shown}")
-    t = gen.timings
-    tpot = f"{t['tpot_ms']:.2f} ms" if t["tpot_ms"] is not None else "n/a"
-    print(f"schedule={gen.schedule} merges/forward={gen.merges_per_forward} "
-          f"other collectives/step={gen.other_collectives_per_step} ranks={comm.world_size} "
-          f"comm={comm.name} device={device} TTFT={t['ttft_ms']:.1f} ms TPOT={tpot}")
+    record = {"output_ids": gen.output_ids, "text": text, "schedule": gen.schedule,
+              "merges_per_forward": gen.merges_per_forward,
+              "other_collectives_per_step": gen.other_collectives_per_step,
+              "other_collectives_per_forward": gen.other_collectives_per_forward, "timings": gen.timings,
+              "world_size": comm.world_size, "communicator": comm.name, "device": str(device),
+              "dtype": str(engine.dtype).removeprefix("torch."), "rank_digests": digests}
+    report(record, prompts, f"comm={comm.name} device={device}")
+    if len(set(digests)) != 1:
+        print(f"error: the ranks generated different tokens (digests {digests})", file=sys.stderr)
     if args.output_json:
-        record = {"output_ids": gen.output_ids, "text": text, "schedule": gen.schedule,
-                  "merges_per_forward": gen.merges_per_forward,
-                  "other_collectives_per_step": gen.other_collectives_per_step,
-                  "other_collectives_per_forward": gen.other_collectives_per_forward, "timings": t,
-                  "world_size": comm.world_size, "communicator": comm.name, "device": str(device),
-                  "dtype": str(engine.dtype).removeprefix("torch.")}
         if gen.schedule == "none":
             record["note"] = NONE_NOTE
         write_atomic(args.output_json, (json.dumps(record, indent=2) + "\n").encode())
     if args.output_logits:
         write_atomic(args.output_logits, npy_bytes(gen.prefill_logits.cpu().numpy()))
-    return 0
+    return 0 if len(set(digests)) == 1 else 1
+
+
+def ids_digest(output_ids: list[list[int]]) -> str:
+    """A short hash of every prompt's generated ids."""
+    return hashlib.sha256(json.dumps(output_ids).encode()).hexdigest()[:16]
 
 
 if __name__ == "__main__":

@@ -53,23 +53,19 @@ def randomize_(module: torch.nn.Module, seed: int, tied: bool = False, fan_in_di
 
 # ---- PT checkpoints --------------------------------------------------------------------------
 def make_pt_model(preset: str = "tiny", seed: int = 0, **overrides):
-    """A random `PTForCausalLM` (eval mode, fp32) of a preset with overrides."""
-    from pt_trtllm import PTConfig, PTForCausalLM
+    """A random `PTForCausalLM` (eval mode, fp32) of a preset with overrides, filled by `randomize_`."""
+    from pt_trtllm.convert.random_checkpoint import random_model
 
-    cfg = PTConfig.from_preset(preset, **overrides)
-    torch.manual_seed(seed)
-    model = PTForCausalLM(cfg)
-    randomize_(model, seed, tied=cfg.tie_word_embeddings)
-    model.tie_weights()
-    return model.eval()
+    return random_model(preset, seed, lambda m: randomize_(m, seed, tied=m.config.tie_word_embeddings), **overrides)
 
 
 def make_pt_checkpoint(path: str | Path, preset: str = "tiny", seed: int = 0, **overrides) -> Path:
-    """Save a random PT HF checkpoint (pt-spec section 4, safetensors, fp32) of a preset with
-    overrides into `path` and return it."""
-    path = Path(path)
-    make_pt_model(preset, seed, **overrides).save_pretrained(path, safe_serialization=True)
-    return path
+    """Save `make_pt_model(preset, seed, **overrides)` as a PT HF checkpoint (pt-spec section 4,
+    safetensors, fp32) into `path` and return it."""
+    from pt_trtllm.convert.random_checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(path, preset, seed, "hf",
+                                   lambda m: randomize_(m, seed, tied=m.config.tie_word_embeddings), **overrides)
 
 
 # ---- tamm checkpoints ------------------------------------------------------------------------

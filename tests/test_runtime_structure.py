@@ -34,7 +34,7 @@ def test_30b_rank_forward_issues_exactly_the_spec_merges(depth, schedule):
     cfg = PTConfig.from_preset(f"pt-30b-d{depth}")
     comm = CountingComm(rank=3, world_size=8)
     with torch.device("meta"):
-        model = PTModel(cfg, tracks=[3], merge=AllReduceMerge(cfg.combine_op, cfg.num_tracks, comm))
+        model = PTModel(cfg, num_local_tracks=1, merge=AllReduceMerge(cfg.combine_op, cfg.num_tracks, comm))
         ids = torch.zeros(2, 5, dtype=torch.long)
         out = model(ids, torch.arange(5).expand(2, 5), schedule=schedule)
     expected = {"block": 48 // depth, "sublayer": 96, "none": 0}[schedule]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import PTConfig
 from .recipes import Take
-from .safetensors_dir import CheckpointError
+from ..formats import CheckpointError
 
 
 def llama_config(raw: dict, path: Path, num_tracks: int, block_depth: int) -> PTConfig:
@@ -58,26 +58,26 @@ def llama_name_map(cfg: PTConfig) -> tuple[dict, dict]:
     name_map = {name: Take(name) for name in shapes}
     all_cols = slice(None)
     for layer in range(cfg.num_hidden_layers):
-        p = f"model.layers.{layer}."
+        src = f"model.layers.{layer}."  # the source layer
         shapes.update({
-            p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
-            p + "self_attn.q_proj.weight": (T * hd, H), p + "self_attn.k_proj.weight": (T * gd, H),
-            p + "self_attn.v_proj.weight": (T * gd, H), p + "self_attn.o_proj.weight": (H, T * hd),
-            p + "mlp.gate_proj.weight": (T * f, H), p + "mlp.up_proj.weight": (T * f, H),
-            p + "mlp.down_proj.weight": (H, T * f),
+            src + "input_layernorm.weight": (H,), src + "post_attention_layernorm.weight": (H,),
+            src + "self_attn.q_proj.weight": (T * hd, H), src + "self_attn.k_proj.weight": (T * gd, H),
+            src + "self_attn.v_proj.weight": (T * gd, H), src + "self_attn.o_proj.weight": (H, T * hd),
+            src + "mlp.gate_proj.weight": (T * f, H), src + "mlp.up_proj.weight": (T * f, H),
+            src + "mlp.down_proj.weight": (H, T * f),
         })
         for t in range(T):
-            q = f"model.tracks.{t}.layers.{layer}."
+            dst = f"model.tracks.{t}.layers.{layer}."  # the section 4 layer of track t
             rows_q, rows_kv, rows_f = slice(t * hd, (t + 1) * hd), slice(t * gd, (t + 1) * gd), slice(t * f, (t + 1) * f)
             name_map.update({
-                q + "input_layernorm.weight": Take(p + "input_layernorm.weight"),
-                q + "self_attn.q_proj.weight": Take(p + "self_attn.q_proj.weight", rows_q),
-                q + "self_attn.k_proj.weight": Take(p + "self_attn.k_proj.weight", rows_kv),
-                q + "self_attn.v_proj.weight": Take(p + "self_attn.v_proj.weight", rows_kv),
-                q + "self_attn.o_proj.weight": Take(p + "self_attn.o_proj.weight", (all_cols, rows_q)),
-                q + "post_attention_layernorm.weight": Take(p + "post_attention_layernorm.weight"),
-                q + "mlp.gate_proj.weight": Take(p + "mlp.gate_proj.weight", rows_f),
-                q + "mlp.up_proj.weight": Take(p + "mlp.up_proj.weight", rows_f),
-                q + "mlp.down_proj.weight": Take(p + "mlp.down_proj.weight", (all_cols, rows_f)),
+                dst + "input_layernorm.weight": Take(src + "input_layernorm.weight"),
+                dst + "self_attn.q_proj.weight": Take(src + "self_attn.q_proj.weight", rows_q),
+                dst + "self_attn.k_proj.weight": Take(src + "self_attn.k_proj.weight", rows_kv),
+                dst + "self_attn.v_proj.weight": Take(src + "self_attn.v_proj.weight", rows_kv),
+                dst + "self_attn.o_proj.weight": Take(src + "self_attn.o_proj.weight", (all_cols, rows_q)),
+                dst + "post_attention_layernorm.weight": Take(src + "post_attention_layernorm.weight"),
+                dst + "mlp.gate_proj.weight": Take(src + "mlp.gate_proj.weight", rows_f),
+                dst + "mlp.up_proj.weight": Take(src + "mlp.up_proj.weight", rows_f),
+                dst + "mlp.down_proj.weight": Take(src + "mlp.down_proj.weight", (all_cols, rows_f)),
             })
     return name_map, shapes

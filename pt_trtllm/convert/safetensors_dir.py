@@ -9,16 +9,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-
-class CheckpointError(ValueError):
-    """A problem with a source or destination checkpoint; the message lists every problem found."""
-
-    def __init__(self, problems: list[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        if len(self.problems) == 1:
-            super().__init__(self.problems[0])
-        else:
-            super().__init__(f"{len(self.problems)} problems: " + "; ".join(self.problems))
+from ..formats import CheckpointError
 
 
 class SafetensorsDir:

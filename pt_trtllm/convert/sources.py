@@ -6,15 +6,15 @@ tensor's name and shape is checked against the config before anything is written
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..config import PT_FIELDS, PTConfig
-from ..formats import hf_layout
+from ..dtypes import DTYPES, SAFETENSORS_DTYPES
+from ..formats import CheckpointError, hf_layout, read_json
 from .recipes import Ones, Take
-from .safetensors_dir import CheckpointError, SafetensorsDir
+from .safetensors_dir import SafetensorsDir
 from .tamm import tamm_config, tamm_name_map
 from .llama import llama_config, llama_name_map
 
@@ -31,12 +31,11 @@ class Source:
         self._check(source_shapes, ignored)
 
     def _dtype(self) -> torch.dtype:
-        names = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
         found = {self.files.dtype(k) for k in self.files.keys()}
-        bad = found - set(names)
+        bad = found - set(SAFETENSORS_DTYPES)
         if bad:
             raise CheckpointError(f"{self.path}: unsupported tensor dtypes {sorted(bad)} (need F32, F16 or BF16)")
-        return names[self.files.dtype(self.files.keys()[0])]
+        return DTYPES[SAFETENSORS_DTYPES[self.files.dtype(self.files.keys()[0])]]
 
     def _check(self, expected: dict[str, tuple], ignored: set[str]) -> None:
         """Every expected source tensor present with its shape, nothing unexpected: all problems at once."""
@@ -61,21 +60,12 @@ class Source:
         return t.T.contiguous() if recipe.transpose else t
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} not found: a source needs a config.json") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
-
-
 def open_source(model_dir: str | Path, num_tracks: int | None = None, block_depth: int | None = None) -> Source:
     """Detect the kind of `model_dir` from its config.json and open it as a Source."""
     path = Path(model_dir)
     if not path.is_dir():
         raise CheckpointError(f"--model_dir {path}: not a directory")
-    raw = read_json(path / "config.json")
+    raw = read_json(path / "config.json", ": a source needs a config.json")
     model_type, archs = raw.get("model_type"), raw.get("architectures") or []
     if model_type == PTConfig.model_type:
         try:

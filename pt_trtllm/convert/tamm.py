@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config import PTConfig
 from .recipes import Ones, Take
-from .safetensors_dir import CheckpointError
+from ..formats import CheckpointError
 
 TAMM_TYPE = "module_configs:AFMParallelTrackMoEConfig"
 TAMM_DEFAULTS = {
@@ -93,7 +93,7 @@ def tamm_name_map(cfg: PTConfig, c: dict) -> tuple[dict, dict]:
     name_map = {"model.embed_tokens.weight": Take(PREFIX + "embedding.weight"),
                 "model.norm.weight": Take(PREFIX + "output_norm.weight")}
     for layer in range(cfg.num_hidden_layers):
-        p = f"{PREFIX}layers.segment_{layer // D}.layer_{layer % D}."
+        src = f"{PREFIX}layers.segment_{layer // D}.layer_{layer % D}."  # the source layer
         layer_shapes = {
             "attention.norm.weight": (T, H), "attention.qkv_transform.fused_linear.weight": (T, H, hd + 2 * gd),
             "attention.output_transform.weight": (T, hd, H), "feed_forward.norm.weight": (T, H),
@@ -103,24 +103,24 @@ def tamm_name_map(cfg: PTConfig, c: dict) -> tuple[dict, dict]:
         if c["scale_qk_norm"]:
             layer_shapes.update({"attention.qk_norm.query_norm.weight": (T, d),
                                  "attention.qk_norm.key_norm.weight": (T, d)})
-        shapes.update({p + k: v for k, v in layer_shapes.items()})
-        qkv = p + "attention.qkv_transform.fused_linear.weight"
+        shapes.update({src + k: v for k, v in layer_shapes.items()})
+        qkv = src + "attention.qkv_transform.fused_linear.weight"
         for t in range(T):
-            q = f"model.tracks.{t}.layers.{layer}."
+            dst = f"model.tracks.{t}.layers.{layer}."  # the section 4 layer of track t
             name_map.update({
-                q + "input_layernorm.weight": Take(p + "attention.norm.weight", t),
-                q + "self_attn.q_proj.weight": Take(qkv, (t, slice(None), slice(0, hd)), transpose=True),
-                q + "self_attn.k_proj.weight": Take(qkv, (t, slice(None), slice(hd, hd + gd)), transpose=True),
-                q + "self_attn.v_proj.weight": Take(qkv, (t, slice(None), slice(hd + gd, hd + 2 * gd)), transpose=True),
-                q + "self_attn.o_proj.weight": Take(p + "attention.output_transform.weight", t, transpose=True),
-                q + "self_attn.q_norm.weight": (Take(p + "attention.qk_norm.query_norm.weight", t)
+                dst + "input_layernorm.weight": Take(src + "attention.norm.weight", t),
+                dst + "self_attn.q_proj.weight": Take(qkv, (t, slice(None), slice(0, hd)), transpose=True),
+                dst + "self_attn.k_proj.weight": Take(qkv, (t, slice(None), slice(hd, hd + gd)), transpose=True),
+                dst + "self_attn.v_proj.weight": Take(qkv, (t, slice(None), slice(hd + gd, hd + 2 * gd)), transpose=True),
+                dst + "self_attn.o_proj.weight": Take(src + "attention.output_transform.weight", t, transpose=True),
+                dst + "self_attn.q_norm.weight": (Take(src + "attention.qk_norm.query_norm.weight", t)
                                                 if c["scale_qk_norm"] else Ones(d)),
-                q + "self_attn.k_norm.weight": (Take(p + "attention.qk_norm.key_norm.weight", t)
+                dst + "self_attn.k_norm.weight": (Take(src + "attention.qk_norm.key_norm.weight", t)
                                                 if c["scale_qk_norm"] else Ones(d)),
-                q + "post_attention_layernorm.weight": Take(p + "feed_forward.norm.weight", t),
-                q + "mlp.gate_proj.weight": Take(p + "feed_forward.hidden_transform.linear_0.weight", t, transpose=True),
-                q + "mlp.up_proj.weight": Take(p + "feed_forward.hidden_transform.linear_1.weight", t, transpose=True),
-                q + "mlp.down_proj.weight": Take(p + "feed_forward.output_transform.weight", t, transpose=True),
+                dst + "post_attention_layernorm.weight": Take(src + "feed_forward.norm.weight", t),
+                dst + "mlp.gate_proj.weight": Take(src + "feed_forward.hidden_transform.linear_0.weight", t, transpose=True),
+                dst + "mlp.up_proj.weight": Take(src + "feed_forward.hidden_transform.linear_1.weight", t, transpose=True),
+                dst + "mlp.down_proj.weight": Take(src + "feed_forward.output_transform.weight", t, transpose=True),
             })
     for b in range(cfg.num_blocks):
         for kind, enabled, part in (("dispatch_norms", cfg.track_dispatch_norm, "input_transform"),

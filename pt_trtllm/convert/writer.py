@@ -16,12 +16,10 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..formats import hf_layout, rank_config, rank_layout, rank_sources
-from .safetensors_dir import CheckpointError
+from ..dtypes import DTYPES, dtype_name
+from ..formats import CheckpointError, hf_layout, rank_config, rank_layout, rank_sources
 from .sources import Source, open_source
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 
@@ -68,7 +66,7 @@ def write_hf(source: Source, out: Path, dtype: torch.dtype, progress: bool) -> N
         raise CheckpointError(problems)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg.architectures = ["PTForCausalLM"]
-    cfg.dtype = DTYPE_NAMES[dtype]
+    cfg.dtype = dtype_name(dtype)
     cfg.save_pretrained(out)
 
 
@@ -96,7 +94,7 @@ def write_ranks(source: Source, out: Path, dtype: torch.dtype, workers: int, pro
     bar.close()
     if problems:
         raise CheckpointError(problems)
-    (out / "config.json").write_text(json.dumps(rank_config(cfg, DTYPE_NAMES[dtype]), indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(rank_config(cfg, dtype_name(dtype)), indent=2) + "\n")
 
 
 def convert(model_dir: str | Path, output_dir: str | Path, output_format: str = "trtllm", dtype: str = "auto",

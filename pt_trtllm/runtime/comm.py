@@ -1,6 +1,7 @@
 """Communicators: one small interface over mpi4py (CPU tensors) and torch.distributed NCCL (CUDA
 tensors) that counts every collective and its bytes, by kind: "merge" (the hidden-state
-all-reduces inside the forward pass) and "other" (everything else, e.g. agreeing on tokens)."""
+all-reduces inside the forward pass), "other" (the rest of a generation step: the token
+broadcast) and any kind a caller names for a one-off check (e.g. "digest", after a generation)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,16 @@ class Communicator:
 
     def all_errors(self, error: str | None) -> list[str | None]:
         """Every rank's `error` (None = fine), on every rank: start-up agreement, not counted."""
-        return [error]
+        return self._all_gather_object(error)
+
+    def all_gather_object(self, obj, kind: str) -> list:
+        """Every rank's picklable `obj`, on every rank, counted as one collective of `kind` (which
+        must not be "merge" or "other": e.g. "digest" for the result check after a generation)."""
+        self.calls[kind] += 1
+        return self._all_gather_object(obj)
+
+    def _all_gather_object(self, obj) -> list:
+        return [obj]
 
     def abort(self, code: int = 1) -> None:
         """Take every rank down (a rank failed in a way the others cannot see)."""
@@ -79,8 +89,8 @@ class MPIComm(Communicator):
         self.comm.Bcast(t.numpy(), root=root)
         return t
 
-    def all_errors(self, error: str | None) -> list[str | None]:
-        return self.comm.allgather(error)
+    def _all_gather_object(self, obj) -> list:
+        return self.comm.allgather(obj)
 
     def abort(self, code: int = 1) -> None:
         self.comm.Abort(code)
@@ -111,8 +121,8 @@ class NCCLComm(Communicator):
         self.dist.broadcast(t, src=root)
         return t
 
-    def all_errors(self, error: str | None) -> list[str | None]:
-        return self.mpi.all_errors(error) if self.mpi else [error]
+    def _all_gather_object(self, obj) -> list:
+        return self.mpi._all_gather_object(obj) if self.mpi else [obj]
 
     def abort(self, code: int = 1) -> None:
         if self.mpi:

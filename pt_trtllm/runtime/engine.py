@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..convert.safetensors_dir import CheckpointError
-from ..merge import AllReduceMerge
-from ..runio import check_prompts
+from ..formats import CheckpointError, merge_impl_of, read_rank_config
+from ..merge import make_merge
+from ..cli import check_prompts
 from ..schedule import merges_per_forward
 from .cache import SlotKVCache
 from .comm import Communicator
-from .loader import load_rank, read_rank_config
+from .loader import load_rank
 from .sampling import SamplingParams, sample
 
 
@@ -45,11 +45,11 @@ class TrackEngine:
     def __init__(self, engine_dir: str | Path, comm: Communicator, device: torch.device, max_batch: int = 8,
                  max_len: int | None = None, dtype: torch.dtype | None = None, cuda_graphs: bool = True,
                  compile: bool = False):
-        cfg, _ = read_rank_config(engine_dir)
+        cfg, raw = read_rank_config(engine_dir)
         if comm.world_size != cfg.num_tracks:
             raise CheckpointError(f"{engine_dir} has {cfg.num_tracks} tracks and needs exactly {cfg.num_tracks} "
                                   f"ranks (mpirun -n {cfg.num_tracks}); this run has {comm.world_size}")
-        merge = AllReduceMerge(cfg.combine_op, cfg.num_tracks, comm)
+        merge = make_merge(merge_impl_of(raw), cfg.combine_op, cfg.num_tracks, comm)
         model, lm_head, cfg = load_rank(engine_dir, comm.rank, merge, device, dtype)
         self._setup(model, lm_head, comm, device, max_batch, max_len, cuda_graphs, compile)
 
@@ -129,7 +129,7 @@ class TrackEngine:
         check_prompts(prompts, max_output_len, self.max_batch, self.max_len - max_output_len, self.cfg.vocab_size,
                       f"max_position_embeddings={self.max_len}")
 
-    def agree(self, logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
+    def sample_and_broadcast(self, logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
         """Rank 0 samples, every rank receives its tokens [n] (one counted "other" collective)."""
         tokens = sample(logits, params, generator) if self.comm.rank == 0 else \
             torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
@@ -156,7 +156,7 @@ class TrackEngine:
         logits = self.prefill(prompts, list(range(n)), schedule, all_logits=prefill_logits)
         merges, before = self.comm.calls["merge"], self.comm.calls["other"]
         full = logits if prefill_logits else None
-        tokens = self.agree(logits[:, -1] if prefill_logits else logits, params, generator)
+        tokens = self.sample_and_broadcast(logits[:, -1] if prefill_logits else logits, params, generator)
         others = self.comm.calls["other"] - before  # per sampled token
         out = [[t] for t in tokens.tolist()]
         done = [t in eos for t in tokens.tolist()]
@@ -168,7 +168,7 @@ class TrackEngine:
             if all(done):
                 break
             t0 = time.perf_counter()
-            tokens = self.agree(self.decode(tokens, positions, schedule), params, generator)
+            tokens = self.sample_and_broadcast(self.decode(tokens, positions, schedule), params, generator)
             positions += 1
             for i, t in enumerate(tokens.tolist()):
                 if not done[i]:

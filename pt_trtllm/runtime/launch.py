@@ -11,7 +11,7 @@ import torch
 
 from .comm import Communicator, make_communicator
 
-T = TypeVar("T")
+R = TypeVar("R")
 
 
 def local_ranks() -> int:
@@ -35,7 +35,8 @@ def setup(device: str | None, threads: int | None) -> tuple[torch.device, Commun
     return dev, make_communicator(dev)
 
 
-def agree(comm: Communicator, what: Callable[[], T], errors: tuple[type[BaseException], ...] = (ValueError,)) -> T:
+def start_on_all_ranks(comm: Communicator, what: Callable[[], R],
+                       errors: tuple[type[BaseException], ...] = (ValueError,)) -> R:
     """Run `what` on every rank; if it raised `errors` on any rank, every rank prints the first
     rank's message and exits with status 2 (instead of the others hanging in a collective)."""
     result, error = None, None

@@ -7,35 +7,15 @@ q/k/v, gate and up parameters are views of them).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from ..config import PTConfig
-from ..convert.safetensors_dir import CheckpointError
-from ..formats import config_from_rank_config, hf_layout, rank_layout, rank_sources
+from ..dtypes import DTYPES
+from ..formats import CheckpointError, hf_layout, rank_layout, rank_sources, read_rank_config
 from ..modeling import PTModel, Rotary
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def read_rank_config(engine_dir: str | Path) -> tuple[PTConfig, dict]:
-    path = Path(engine_dir) / "config.json"
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} not found (is --engine_dir a per-rank checkpoint?)") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
-    if raw.get("architecture") != "PTForCausalLM":
-        raise CheckpointError(f"{path}: architecture {raw.get('architecture')!r} is not PTForCausalLM")
-    try:
-        return config_from_rank_config(raw), raw
-    except ValueError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-
 
 def _param_name(hf_name: str) -> str:
     """Section 4 name of this rank's track -> parameter of a one-track PTModel."""
@@ -71,7 +51,7 @@ def load_rank(engine_dir: str | Path, rank: int, merge: torch.nn.Module, device:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
     with torch.device("meta"):
-        model = PTModel(cfg, tracks=[rank], merge=merge)
+        model = PTModel(cfg, num_local_tracks=1, merge=merge)
     model.to_empty(device=device)
     model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.rope_style).to(device)  # not in the file
     params = dict(model.named_parameters())

@@ -23,8 +23,8 @@ import threading
 import time
 import traceback
 
-from ..convert.safetensors_dir import CheckpointError
-from ..runtime.launch import agree, setup
+from ..formats import CheckpointError
+from ..runtime.launch import setup, start_on_all_ranks
 
 SCHEDULES = ("block", "sublayer")
 
@@ -138,7 +138,7 @@ def serve(args) -> int:
 
         if args.max_batch_size < 1:
             raise ValueError(f"--max_batch_size must be >= 1, got {args.max_batch_size}")
-        from ..runtime.loader import read_rank_config
+        from ..formats import read_rank_config
 
         max_len = args.max_seq_len or min(read_rank_config(args.engine_dir)[0].max_position_embeddings, 4096)
         engine = TrackEngine(args.engine_dir, comm, device, max_batch=args.max_batch_size, max_len=max_len,
@@ -160,7 +160,7 @@ def serve(args) -> int:
                                     "metrics_port": args.metrics_port})
         return engine, schedule, tokenizer, max_output
 
-    engine, schedule, tokenizer, max_output = agree(comm, start, (ValueError, CheckpointError))
+    engine, schedule, tokenizer, max_output = start_on_all_ranks(comm, start, (ValueError, CheckpointError))
     from .plan import PlanChannel
 
     channel = PlanChannel(comm, engine.max_batch, args.follower_max_sleep)

@@ -14,7 +14,7 @@ import sys
 import time
 
 
-from ..runio import check_prompts, end_ids, load_tokenizer, npy_bytes, parse_prompts, write_atomic
+from ..cli import check_prompts, end_ids, load_tokenizer, npy_bytes, parse_prompts, report, write_atomic
 from ..schedule import merges_per_forward
 from .support import EngineInfo, engine_schedule, read_engine_info
 
@@ -54,7 +54,7 @@ def run_engine(args) -> int:
               "other_collectives_per_step": None, "world_size": info.cfg.num_tracks, "runtime": "tensorrt_llm",
               "dtype": info.dtype, "note": OTHER_COLLECTIVES_NOTE}
     logits = record.pop("prefill_logits")
-    report(record, prompts)
+    report(record, prompts, "runtime=tensorrt_llm")
     if args.output_json:
         write_atomic(args.output_json, (json.dumps(record, indent=2) + "\n").encode())
     if args.output_logits:
@@ -142,14 +142,3 @@ def generated_tokens(ids: list[int], prompt_len: int, seq_len: int, eos_ids: lis
     if eos_ids and len(out) < max_output_len:
         return [*out, eos_ids[0]]
     return out
-
-
-# ---- outputs -------------------------------------------------------------------------------------
-def report(record: dict, prompts: list[list[int]]) -> None:
-    for i, ids in enumerate(record["output_ids"]):
-        shown = repr(record["text"][i]) if record["text"] else ids
-        print(f"[{i}] prompt {len(prompts[i])} tokens -> {len(ids)} generated: {shown}")
-    t = record["timings"]
-    tpot = f"{t['tpot_ms']:.2f} ms" if t["tpot_ms"] is not None else "n/a"
-    print(f"schedule={record['schedule']} merges/forward={record['merges_per_forward']} "
-          f"ranks={record['world_size']} runtime=tensorrt_llm TTFT={t['ttft_ms']:.1f} ms TPOT={tpot}")

@@ -1,8 +1,10 @@
-"""Inputs and outputs of the runners (scripts/run.py on the PyTorch runtime and on TensorRT-LLM
-engines): prompts from the command line, the tokenizer, EOS ids, and atomic output files."""
+"""What the command-line entry points share (scripts/run.py on the PyTorch runtime and on
+TensorRT-LLM engines, scripts/serve.py, the benchmarks): the device flags, the tokenizer and EOS ids,
+prompts from the command line and their limits, the printed result, and atomic output files."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import tempfile
@@ -11,7 +13,15 @@ from pathlib import Path
 import numpy as np
 
 
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    """--device, --threads and --no_cuda_graphs (read by runtime.launch.setup and TrackEngine)."""
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    parser.add_argument("--threads", type=int, help="torch threads per rank on CPU (default: cores / local ranks)")
+    parser.add_argument("--no_cuda_graphs", action="store_true", help="run CUDA decode steps eagerly")
+
+
 def load_tokenizer(path):
+    """The HF tokenizer in `path` (None for None); ValueError naming --tokenizer_dir if it fails."""
     if path is None:
         return None
     from transformers import AutoTokenizer
@@ -19,7 +29,7 @@ def load_tokenizer(path):
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - any failure is a bad --tokenizer_dir
-        raise ValueError(f"--tokenizer_dir {path}: cannot load a tokenizer ({e.__class__.__name__})") from None
+        raise ValueError(f"--tokenizer_dir {path}: cannot load a tokenizer ({e.__class__.__name__}: {e})") from None
 
 
 def parse_prompts(args, tokenizer) -> list[list[int]]:
@@ -66,6 +76,20 @@ def end_ids(end_id: int | None, model_eos, tokenizer) -> list[int]:
     if eos is None:
         return []
     return list(eos) if isinstance(eos, list) else [eos]
+
+
+def report(record: dict, prompts: list[list[int]], runtime: str) -> None:
+    """Print a run's record (scripts/run.py's --output_json fields): one line per prompt, then the
+    schedule, merge counts and timings; `runtime` names what ran it (e.g. "comm=mpi4py device=cpu")."""
+    for i, ids in enumerate(record["output_ids"]):
+        shown = repr(record["text"][i]) if record["text"] else ids
+        print(f"[{i}] prompt {len(prompts[i])} tokens -> {len(ids)} generated: {shown}")
+    t = record["timings"]
+    tpot = f"{t['tpot_ms']:.2f} ms" if t["tpot_ms"] is not None else "n/a"
+    others = record.get("other_collectives_per_step")
+    others = f" other collectives/step={others}" if others is not None else ""
+    print(f"schedule={record['schedule']} merges/forward={record['merges_per_forward']}{others} "
+          f"ranks={record['world_size']} {runtime} TTFT={t['ttft_ms']:.1f} ms TPOT={tpot}")
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

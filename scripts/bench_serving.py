@@ -14,6 +14,6 @@ schedule of one checkpoint and prints them side by side.
 import sys
 
 if __name__ == "__main__":
-    from pt_trtllm.serve.bench import main
+    from pt_trtllm.serve_tools.bench import main
 
     sys.exit(main())

@@ -14,6 +14,6 @@ scripts/bench_serving.py's (gRPC streaming). Writes <label>.json, .md and .png.
 import sys
 
 if __name__ == "__main__":
-    from pt_trtllm.serve.bench_compare import main
+    from pt_trtllm.serve_tools.bench_compare import main
 
     sys.exit(main())

@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from pt_trtllm.serve.trtllm_repo import launch_command, options_from_engine, write_repository
+    from pt_trtllm.trtllm.triton_repo import launch_command, options_from_engine, write_repository
 
     out = Path(args.output_dir)
     if out.exists() and any(out.iterdir()):

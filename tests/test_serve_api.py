@@ -1,6 +1,7 @@
 """The Triton server of scripts/serve.py under `mpiexec -n 2` (a subprocess on free loopback ports),
 queried over HTTP and gRPC, plain (`pt`) and streaming (`pt_stream`): the same greedy tokens and
-text as scripts/run.py on every path, batched rows, seeded sampling, EOS, in-flight batching, and
+text as scripts/run.py on every path, batched rows, seeded sampling (equal to run.py's and to the
+documented sampling computed apart), EOS, in-flight batching, the statistics (`pt_stats`), and
 malformed requests refused by name while the server keeps serving."""
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import pytest
 
 from helpers import REPO, make_pt_model
 from pt_trtllm.convert.writer import convert
-from pt_trtllm.serve.client import infer, request_inputs, stream
-from pt_trtllm.serve.launcher import ServerProcess, mpiexec
+from pt_trtllm.serve_tools.client import infer, request_inputs, server_stats, stream, triton_inputs
+from pt_trtllm.serve_tools.launcher import ServerProcess, mpiexec
+from test_serve_units import reference_sampling
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a land far away,"]
 
@@ -64,7 +66,7 @@ def test_health_and_model_configs(served):
         with urllib.request.urlopen(f"http://{server.http}{path}", timeout=10) as r:
             return json.loads(r.read())
 
-    pt, stream_cfg = get("/v2/models/pt/config"), get("/v2/models/pt_stream/config")
+    pt, stream_cfg, stats_cfg = (get(f"/v2/models/{m}/config") for m in ("pt", "pt_stream", "pt_stats"))
     inputs = {i["name"]: (i["data_type"], i["dims"], i.get("optional", False)) for i in pt["input"]}
     assert inputs == {"text_input": ("TYPE_STRING", [1], True), "input_ids": ("TYPE_INT32", [-1], True),
                       "input_lengths": ("TYPE_INT32", [1], True), "max_tokens": ("TYPE_INT32", [1], False),
@@ -74,6 +76,7 @@ def test_health_and_model_configs(served):
     assert {o["name"] for o in pt["output"]} == {"text_output", "output_ids", "sequence_length"}
     assert pt["max_batch_size"] == 4 and not pt.get("model_transaction_policy", {}).get("decoupled")
     assert stream_cfg["model_transaction_policy"]["decoupled"] is True and stream_cfg["max_batch_size"] == 1
+    assert stats_cfg["input"] == [] and [o["name"] for o in stats_cfg["output"]] == ["stats"]
     loopback = ("0100007F:", "0000000000000000FFFF00000100007F:")  # 127.0.0.1 in /proc/net/tcp and tcp6
     rows = [line.split() for f in ("tcp", "tcp6") for line in Path(f"/proc/net/{f}").read_text().splitlines()[1:]]
     for port in (server.http_port, server.grpc_port, server.metrics_port):
@@ -125,16 +128,61 @@ def test_input_ids_and_batched_rows(served):
 
 def test_seeded_sampling_matches_run_py(served):
     """temperature/top_k/top_p/seed: the same seed gives the same tokens on both models and
-    protocols, equal to run.py's with that seed; another seed gives others."""
+    protocols, equal to run.py's with that seed and to the documented sampling computed apart from
+    the runtime (reference_sampling: the HF model's logits, torch.multinomial with a generator
+    seeded as given), also at temperatures far from 1 (5, and 0.001: the greedy tokens); another
+    seed gives others."""
+    from transformers import AutoTokenizer
+
+    from pt_trtllm import PTForCausalLM
+
     server, ckpt, tok = served
+    hf = PTForCausalLM.from_pretrained(ckpt.parent / "hf").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tok)
+    prompt = tokenizer.encode(PROMPTS[0])
     params = dict(temperature=1.0, top_k=50, top_p=0.95)
     ref = run_py(ckpt, "--input_text", PROMPTS[0], "--tokenizer_dir", tok, "--max_output_len", 16,
                  "--temperature", 1.0, "--top_k", 50, "--top_p", 0.95, "--seed", 3)
     a = infer(server.http, request_inputs(PROMPTS[0], max_tokens=16, seed=3, **params))
     b = stream(server.grpc, request_inputs(PROMPTS[0], max_tokens=16, seed=3, **params), "grpc")
     c = infer(server.grpc, request_inputs(PROMPTS[0], max_tokens=16, seed=4, **params), "grpc")
-    assert a.output_ids == b.output_ids == ref["output_ids"][0]
+    expected = reference_sampling(hf, prompt, 16, 1.0, 50, 0.95, 3)
+    eos = tokenizer.eos_token_id  # the model has none: the server and run.py stop at the tokenizer's
+    expected = expected[: expected.index(eos) + 1] if eos in expected else expected
+    assert a.output_ids == b.output_ids == ref["output_ids"][0] == expected
     assert c.output_ids != a.output_ids
+    greedy = infer(server.http, request_inputs(input_ids=prompt, max_tokens=16, end_id=-1)).output_ids
+    for temperature, seed in ((5.0, 2**64 - 1), (0.001, 5)):
+        got = stream(server.grpc, request_inputs(input_ids=prompt, max_tokens=16, temperature=temperature, seed=seed,
+                                                 end_id=-1), "grpc").output_ids
+        assert got == reference_sampling(hf, prompt, 16, temperature, 0, 1.0, seed), temperature
+        assert (got == greedy) == (temperature < 1), temperature
+
+
+def test_statistics_are_json_while_serving(served, tmp_path):
+    """Model pt_stats answers the server's statistics as one JSON document over HTTP, gRPC and
+    Triton's generate endpoint, and scripts/client.py --stats prints it: the facts of the run, and
+    counters that follow the requests served."""
+    server, _, _ = served
+    before = server_stats(server.http)
+    assert before["state"] == "serving" and before["stopped_by"] is None
+    assert (before["schedule"], before["ranks"], before["merges_per_forward"]) == ("block", 2, 2)
+    assert (before["max_batch_size"], before["max_seq_len"]) == (4, 128)
+    out = infer(server.http, request_inputs(input_ids=[17, 4000, 12], max_tokens=5, end_id=-1))
+    assert len(out.output_ids) == 5
+    after = server_stats(server.grpc, "grpc")
+    assert after["sequences"] == before["sequences"] + 1 and after["failed"] == before["failed"]
+    assert after["prefilled_tokens"] == before["prefilled_tokens"] + 3
+    assert after["decoded_tokens"] == before["decoded_tokens"] + 4  # the first token comes from the prefill
+    assert after["steps"] >= before["steps"] + 5 and after["uptime_s"] > before["uptime_s"]
+    assert after["measured_merges_per_forward"] == 2  # L/D = 4/2 in every forward pass served
+    request = urllib.request.Request(f"http://{server.http}/v2/models/pt_stats/generate", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert json.loads(json.loads(r.read())["stats"])["sequences"] == after["sequences"]
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "client.py"), "--url", server.http, "--stats"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["sequences"] == after["sequences"]
 
 
 def test_end_id_stops_generation(served, reference):
@@ -218,8 +266,6 @@ def test_malformed_requests_get_an_error_naming_the_problem(served, inputs, prot
     """Missing or wrongly typed inputs, empty text, max_tokens <= 0 or above the limit, negative
     temperature, top_p outside (0, 1], out-of-vocabulary ids, too long prompts, unknown inputs, a
     too large batch: a Triton error containing the problem's words; then the server still serves."""
-    from pt_trtllm.serve.client import _triton_inputs
-
     server, _, _ = served
     if protocol == "http":
         import tritonclient.http as module
@@ -229,7 +275,7 @@ def test_malformed_requests_get_an_error_naming_the_problem(served, inputs, prot
         import tritonclient.grpc as module
 
         client = module.InferenceServerClient(server.grpc)
-    message = _error(lambda: client.infer("pt", _triton_inputs(module, inputs)))
+    message = _error(lambda: client.infer("pt", triton_inputs(module, inputs)))
     client.close()
     for word in words:
         assert word in message, message

@@ -5,6 +5,7 @@ idle follower does not burn a core."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,8 +20,9 @@ import pytest
 
 from helpers import make_pt_model
 from pt_trtllm.convert.writer import convert
-from pt_trtllm.serve.client import infer, request_inputs, stream
-from pt_trtllm.serve.launcher import SERVE, ServerProcess, mpiexec
+from pt_trtllm.serve.stats import stopped_line
+from pt_trtllm.serve_tools.client import infer, request_inputs, stream
+from pt_trtllm.serve_tools.launcher import SERVE, ServerProcess, mpiexec
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +75,11 @@ def test_ready_means_serving_and_an_idle_follower_sleeps(ckpt, tmp_path):
 
 def test_sigterm_drains_running_requests_and_every_rank_exits_0(ckpt, tmp_path):
     """SIGTERM to mpiexec while a request streams: the request still completes, every rank exits
-    0 (mpiexec's status), the server stops answering, and no process it started is left."""
-    server = ServerProcess(ckpt, 2, ["--max_batch_size", "4", "--drain_timeout", "20"], log_path=tmp_path / "s.log")
+    0 (mpiexec's status), the server stops answering, no process it started is left, and
+    --stats_json holds the statistics the exit line prints."""
+    stats_json = tmp_path / "out" / "stats.json"
+    server = ServerProcess(ckpt, 2, ["--max_batch_size", "4", "--drain_timeout", "20", "--stats_json", str(stats_json)],
+                           log_path=tmp_path / "s.log")
     server.start()
     try:
         ref = infer(server.http, request_inputs(input_ids=[7, 8, 9], max_tokens=400, end_id=-1)).output_ids
@@ -102,6 +107,10 @@ def test_sigterm_drains_running_requests_and_every_rank_exits_0(ckpt, tmp_path):
         log = server.log_tail()
         assert "stopped (SIGTERM)" in log
         assert "2 merges per forward pass" in log  # L/D = 4/2, counted on rank 0 while serving
+        stats = json.loads(stats_json.read_text())
+        assert stats["state"] == "stopped" and stats["stopped_by"] == "SIGTERM" and stats["failed"] == 0
+        assert stats["sequences"] == 2 and stats["decoded_tokens"] == 2 * 399 and stats["max_running"] == 1
+        assert stopped_line(stats) in log
         assert not server.live()
         assert server.wait_for_leftovers() == []
     finally:

@@ -1,6 +1,7 @@
 """Load on the server of scripts/serve.py (`mpiexec -n 2`, loopback): 1,000 requests from 16
 concurrent clients over HTTP and gRPC, plain and streaming, all succeed with scripts/run.py's
-greedy tokens; and scripts/bench_serving.py measures it (JSON, markdown table, plot)."""
+greedy tokens; and scripts/bench_serving.py measures it over gRPC and HTTP (JSON, markdown table,
+plot)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pytest
 
 from helpers import make_pt_model
 from pt_trtllm.convert.writer import convert
-from pt_trtllm.serve.client import infer, request_inputs, stream
-from pt_trtllm.serve.launcher import ServerProcess
+from pt_trtllm.serve_tools.client import infer, request_inputs, stream
+from pt_trtllm.serve_tools.launcher import ServerProcess
 from test_serve_api import run_py
 
 KINDS = ("http", "grpc", "grpc-stream", "http-stream")
@@ -71,15 +72,20 @@ def test_1000_requests_from_16_clients_all_match_run_py(served):
     assert server.ready()
 
 
-def test_bench_serving_reports_json_markdown_and_plot(served, tmp_path):
-    """bench_serving.py with Poisson arrivals and a concurrency cap: every request succeeds, the
-    metrics are consistent, and the JSON, markdown and PNG are written."""
-    from pt_trtllm.serve.bench import main
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_bench_serving_reports_json_markdown_and_plot(served, tmp_path, protocol):
+    """bench_serving.py with Poisson arrivals and a concurrency cap, over gRPC streaming and HTTP
+    generate_stream (server-sent events): every request succeeds, every token of every request is
+    counted (one accounting for both), the metrics are consistent, and the JSON, markdown and PNG
+    are written."""
+    from pt_trtllm.serve_tools.bench import main
 
     server, _ = served
     out = tmp_path / "bench"
-    rc = main(["--url", server.grpc, "--num_requests", "24", "--request_rate", "40", "--concurrency", "6",
-               "--input_len", "12", "--output_len", "6", "--seed", "1", "--output_dir", str(out), "--label", "test"])
+    url = server.grpc if protocol == "grpc" else server.http
+    rc = main(["--url", url, "--protocol", protocol, "--num_requests", "24", "--request_rate", "40",
+               "--concurrency", "6", "--input_len", "12", "--output_len", "6", "--seed", "1", "--output_dir", str(out),
+               "--label", "test"])
     assert rc == 0
     result = json.loads((out / "test.json").read_text())
     m = result["metrics"]
@@ -88,24 +94,10 @@ def test_bench_serving_reports_json_markdown_and_plot(served, tmp_path):
     for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"):
         s = m[name]
         assert 0 < s["mean"] and s["p50"] <= s["p90"] <= s["p99"], (name, s)
-    assert m["ttft_ms"]["p50"] < m["e2el_ms"]["p50"]
+    assert 0 < m["ttft_ms"]["p50"] < m["e2el_ms"]["p50"] and m["itl_ms"]["mean"] > 0
     assert m["request_throughput"] > 0 and m["output_throughput"] > 0
     assert result["config"]["request_rate"] == 40 and result["config"]["concurrency"] == 6
+    assert result["config"]["protocol"] == protocol
     table = (out / "test.md").read_text()
     assert "TTFT" in table and "TPOT" in table and "ITL" in table
     assert (out / "test.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_bench_serving_over_http_generate_stream(served, tmp_path):
-    """bench_serving.py over HTTP generate_stream (server-sent events) counts every token of every
-    request: the same accounting as over gRPC."""
-    from pt_trtllm.serve.bench import main
-
-    server, _ = served
-    out = tmp_path / "bench"
-    rc = main(["--url", server.http, "--protocol", "http", "--num_requests", "8", "--concurrency", "4",
-               "--input_len", "12", "--output_len", "6", "--seed", "2", "--output_dir", str(out), "--label", "http"])
-    assert rc == 0
-    m = json.loads((out / "http.json").read_text())["metrics"]
-    assert m["completed"] == 8 and m["failed"] == 0 and m["output_tokens"] == 8 * 6
-    assert 0 < m["ttft_ms"]["p50"] < m["e2el_ms"]["p50"] and m["itl_ms"]["mean"] > 0

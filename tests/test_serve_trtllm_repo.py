@@ -203,8 +203,8 @@ def test_the_repository_serves_in_triton_with_a_stand_in_engine(engines, smollm2
     from pytriton.triton import Triton, TritonConfig
     from transformers import AutoTokenizer
 
-    from pt_trtllm.serve.launcher import free_ports
-    from pt_trtllm.serve.triton_app import prepare_environment
+    from pt_trtllm.serve_tools.launcher import free_ports
+    from pt_trtllm.serve.pytriton_env import prepare_environment
 
     repo = tmp_path / "repo"
     assert repo_main("--engine_dir", engines, "--tokenizer_dir", smollm2_dir, "--output_dir", repo)[0] == 0

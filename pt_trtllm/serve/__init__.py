@@ -1,18 +1,22 @@
-"""Serving a PT model behind Triton Inference Server (docs/serving.md).
+"""The server: a PT model on T ranks behind Triton Inference Server (docs/serving.md). The tools that
+talk to it (client, load generator, benchmark comparison, process launcher) are in
+`pt_trtllm.serve_tools`; the Triton repository of TensorRT-LLM engines in `pt_trtllm.trtllm`.
 
-- `plan`: the step plan rank 0 broadcasts to the other ranks before every step (an "other"
-  collective), and how a follower waits for it without burning a core.
-- `scheduler`: rank 0's in-flight batching scheduler over the engine's KV-cache slots.
-- `follower`: what ranks 1..T-1 run: receive a plan, run their track, repeat.
-- `requests`: turning a Triton request into validated sequences (errors name the problem).
+- `server`: `scripts/serve.py`: the lifecycle: start-up on every rank, warm-up, the fronts,
+  watchdog, shutdown, exit.
+- `signals`: SIGTERM/SIGINT on every rank.
+- `front`: the front-end interface (`Front`: check, start, alive, stop) the lifecycle knows.
+- `triton_front`: the Triton front: PyTriton's tritonserver started, watched and stopped.
+- `pytriton_env`: the environment PyTriton's tritonserver needs and the patches to its proxy.
+- `triton_protocol`: the Triton models' names and tensors (shared with the clients).
+- `triton_models`: the handlers of the models `pt`, `pt_stream` and `pt_stats`.
+- `triton_requests`: the input tensors of a Triton request -> `requests.build_sequences`.
+- `requests`: validated sequences from prompts, max_tokens, sampling and end ids (any protocol).
+- `sinks`: tokens from the scheduler's thread to a request's event loop.
 - `detok`: incremental detokenization for streaming.
-- `triton_app`: the PyTriton binding (models `pt` and `pt_stream`) and the environment of its
-  tritonserver.
-- `server`: `scripts/serve.py`: start-up on every rank, signals, watchdog, shutdown.
-- `client`: requests with tritonclient (`scripts/client.py`, tests).
-- `launcher`: a server as a subprocess on free loopback ports (benchmark wrapper, tests).
-- `bench`, `bench_compare`: the serving load generator (`scripts/bench_serving.py`) and the
-  block-vs-sublayer wrapper (`scripts/bench_serving_schedules.py`).
-- `trtllm_repo`, `trtllm_models/`: a Triton model repository for the TensorRT-LLM backend
-  (`scripts/triton_repo.py`).
+- `scheduler`: rank 0's in-flight batching scheduler over the engine's KV-cache slots.
+- `stats`: the server's statistics (counters, the JSON document, the exit line).
+- `plan`: the step plan rank 0 broadcasts to the other ranks before every step (its wire format),
+  and how a follower waits for it without burning a core.
+- `follower`: what ranks 1..T-1 run: receive a plan, run their track, repeat.
 """

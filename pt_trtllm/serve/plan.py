@@ -1,10 +1,23 @@
-"""The step plan: what every rank runs in one server step, decided by rank 0.
+"""The step plan: what every rank runs in one server step, decided by rank 0, and how it travels.
 
 A step is (1) KV-cache slot moves that keep the running sequences in slots 0..n-1, (2) one prefill
 of the newly admitted prompts into the slots after them, (3) one decode step of slots 0..n-1. Rank 0
-broadcasts the plan before the step: a fixed-size int64 header (one collective, counted as
-"other", outside the forward passes), plus the prompt tokens when the step prefills (a second one).
-The tokens to decode travel in the header, so followers never need the sampled tokens otherwise.
+broadcasts the plan before the step: a fixed-size header (one collective, counted as "other",
+outside the forward passes), plus the prompt tokens when the step prefills (a second one). The
+tokens to decode travel in the header, so followers never need the sampled tokens otherwise.
+
+The header is one record of `header_dtype(max_batch)`, every field int64 (B = max_batch):
+
+| field             | shape | what                                                  |
+|-------------------|-------|-------------------------------------------------------|
+| op                | 1     | OP_STEP or OP_STOP                                    |
+| n_moves           | 1     | slot moves used in the move_* fields                  |
+| n_prefills        | 1     | prompts prefilled (prefill_slots, prompt_lens)        |
+| n_decodes         | 1     | slots decoded (decode_tokens, decode_positions)       |
+| prompt_tokens     | 1     | length of the second broadcast (all prompts, in order) |
+| move_src, move_dst, move_len | B each | (src slot, dst slot, cached positions)   |
+| prefill_slots, prompt_lens   | B each | slot and length of each prefilled prompt |
+| decode_tokens, decode_positions | B each | input token and position of slots 0..n-1 |
 
 Followers wait for the header with a nonblocking broadcast that they test with growing sleeps, so
 an idle follower does not spin on a core (MPICH's blocking calls busy-poll).
@@ -21,7 +34,14 @@ import torch
 from ..runtime.comm import Communicator
 
 OP_STEP, OP_STOP = 0, 1
-_FIXED = 5  # op, moves, prefills, decodes, prompt tokens
+_COUNTS = ("op", "n_moves", "n_prefills", "n_decodes", "prompt_tokens")
+_PER_SLOT = ("move_src", "move_dst", "move_len", "prefill_slots", "prompt_lens", "decode_tokens",
+             "decode_positions")
+
+
+def header_dtype(max_batch: int) -> np.dtype:
+    """The header's record type (the table above), all int64, so it travels as an int64 array."""
+    return np.dtype([(name, np.int64) for name in _COUNTS] + [(name, np.int64, (max_batch,)) for name in _PER_SLOT])
 
 
 @dataclass
@@ -34,10 +54,6 @@ class StepPlan:
     """Input token of slots 0..n-1."""
     decode_positions: list[int] = field(default_factory=list)
     stop: bool = False
-
-    @property
-    def empty(self) -> bool:
-        return not (self.moves or self.prompts or self.decode_tokens or self.stop)
 
 
 def run_plan(engine, plan: StepPlan, schedule: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -60,11 +76,11 @@ class PlanChannel:
 
     def __init__(self, comm: Communicator, max_batch: int, max_idle_sleep: float = 1e-3):
         self.comm, self.max_batch, self.max_idle_sleep = comm, max_batch, max_idle_sleep
-        self.size = _FIXED + 7 * max_batch
+        self.dtype = header_dtype(max_batch)
+        self.size = self.dtype.itemsize // 8
+        """int64 words of the header."""
         mpi = getattr(comm, "mpi", None) or comm  # NCCLComm keeps its MPIComm in .mpi
         self.mpi = mpi.comm.Dup() if comm.world_size > 1 else None
-        self.idle_polls = 0
-        """Tests of the pending header a follower has made (how often it woke up)."""
 
     # ---- rank 0 -----------------------------------------------------------------------------------
     def send(self, plan: StepPlan) -> None:
@@ -78,24 +94,23 @@ class PlanChannel:
             self._count(tokens)
 
     def encode(self, plan: StepPlan) -> tuple[np.ndarray, np.ndarray | None]:
-        mb = self.max_batch
-        if max(len(plan.moves), len(plan.prompts), len(plan.decode_tokens)) > mb:
-            raise ValueError(f"a step plan exceeds the maximum batch size {mb}")
-        h = np.zeros(self.size, dtype=np.int64)
+        """The header as int64 words, and the prompt tokens (None when nothing is prefilled)."""
+        if max(len(plan.moves), len(plan.prompts), len(plan.decode_tokens)) > self.max_batch:
+            raise ValueError(f"a step plan exceeds the maximum batch size {self.max_batch}")
+        record = np.zeros((), dtype=self.dtype)
         lens = [len(p) for p in plan.prompts]
-        h[:_FIXED] = (OP_STOP if plan.stop else OP_STEP, len(plan.moves), len(plan.prompts),
-                      len(plan.decode_tokens), sum(lens))
-        o = _FIXED
-        for i, (src, dst, length) in enumerate(plan.moves):
-            h[o + i], h[o + mb + i], h[o + 2 * mb + i] = src, dst, length
-        o += 3 * mb
-        h[o: o + len(plan.prompts)] = plan.prefill_slots
-        h[o + mb: o + mb + len(lens)] = lens
-        o += 2 * mb
-        h[o: o + len(plan.decode_tokens)] = plan.decode_tokens
-        h[o + mb: o + mb + len(plan.decode_positions)] = plan.decode_positions
+        record["op"] = OP_STOP if plan.stop else OP_STEP
+        record["n_moves"], record["n_prefills"], record["n_decodes"] = (len(plan.moves), len(plan.prompts),
+                                                                         len(plan.decode_tokens))
+        record["prompt_tokens"] = sum(lens)
+        for name, column in zip(("move_src", "move_dst", "move_len"), zip(*plan.moves)):
+            record[name][: len(column)] = column
+        record["prefill_slots"][: len(plan.prefill_slots)] = plan.prefill_slots
+        record["prompt_lens"][: len(lens)] = lens
+        record["decode_tokens"][: len(plan.decode_tokens)] = plan.decode_tokens
+        record["decode_positions"][: len(plan.decode_positions)] = plan.decode_positions
         tokens = np.fromiter((t for p in plan.prompts for t in p), dtype=np.int64, count=sum(lens)) if lens else None
-        return h, tokens
+        return record.reshape(1).view(np.int64), tokens
 
     # ---- followers --------------------------------------------------------------------------------
     def receive(self, should_give_up=lambda: False) -> StepPlan:
@@ -106,36 +121,33 @@ class PlanChannel:
         request = self.mpi.Ibcast(header, root=0)
         delay = 0.0
         while not request.Test():
-            self.idle_polls += 1
             if should_give_up():
                 raise TimeoutError("gave up waiting for a step plan from rank 0")
             time.sleep(delay)
             delay = min(max(2 * delay, 2e-5), self.max_idle_sleep)
         self._count(header)
         tokens = None
-        if header[4] > 0:
-            tokens = np.empty(int(header[4]), dtype=np.int64)
+        n_tokens = int(header.view(self.dtype)[0]["prompt_tokens"])
+        if n_tokens > 0:
+            tokens = np.empty(n_tokens, dtype=np.int64)
             self.mpi.Bcast(tokens, root=0)
             self._count(tokens)
         return self.decode(header, tokens)
 
-    def decode(self, h: np.ndarray, tokens: np.ndarray | None) -> StepPlan:
-        mb = self.max_batch
-        op, n_moves, n_prefill, n_decode, _ = (int(x) for x in h[:_FIXED])
-        if op == OP_STOP:
+    def decode(self, header: np.ndarray, tokens: np.ndarray | None) -> StepPlan:
+        """The plan of a header (int64 words) and its prompt tokens."""
+        r = header.view(self.dtype)[0]
+        if r["op"] == OP_STOP:
             return StepPlan(stop=True)
-        o = _FIXED
-        moves = [(int(h[o + i]), int(h[o + mb + i]), int(h[o + 2 * mb + i])) for i in range(n_moves)]
-        o += 3 * mb
-        slots = h[o: o + n_prefill].tolist()
-        lens = h[o + mb: o + mb + n_prefill].tolist()
+        n_moves, n_prefills, n_decodes = int(r["n_moves"]), int(r["n_prefills"]), int(r["n_decodes"])
+        moves = list(zip(*(r[name][:n_moves].tolist() for name in ("move_src", "move_dst", "move_len"))))
         flat = tokens.tolist() if tokens is not None else []
         prompts, start = [], 0
-        for n in lens:
+        for n in r["prompt_lens"][:n_prefills].tolist():
             prompts.append(flat[start: start + n])
             start += n
-        o += 2 * mb
-        return StepPlan(moves, slots, prompts, h[o: o + n_decode].tolist(), h[o + mb: o + mb + n_decode].tolist())
+        return StepPlan(moves, r["prefill_slots"][:n_prefills].tolist(), prompts,
+                        r["decode_tokens"][:n_decodes].tolist(), r["decode_positions"][:n_decodes].tolist())
 
     def _count(self, array: np.ndarray) -> None:
         self.comm.calls["other"] += 1

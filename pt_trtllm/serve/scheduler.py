@@ -1,12 +1,13 @@
 """Rank 0's scheduler: in-flight batching over the engine's KV-cache slots.
 
-Requests arrive from Triton's threads (`submit`); the scheduler runs on rank 0's main thread. Each
+Sequences arrive from the fronts' threads (`submit`); the scheduler runs on rank 0's main thread. Each
 step it (1) admits waiting sequences into free slots, first come first served, up to
 `max_prefill_tokens` prompt tokens per step, (2) broadcasts the step plan, (3) prefills the admitted
 prompts and samples their first token, (4) runs one decode step of the sequences already running and
 samples their next token, and (5) retires finished sequences, moving the last running sequences
 into their slots so that the running ones always occupy slots 0..n-1 (what `TrackEngine.decode`
-runs). A request arriving while others generate joins at the next step boundary.
+runs). A request arriving while others generate joins at the next step boundary. What it does is
+counted in `stats` (stats.py).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Protocol
 
 import torch
 
-from ..runtime.sampling import SamplingParams, sample
+from ..runtime.sampling import sample
 from .plan import PlanChannel, StepPlan, run_plan
+from .requests import SequenceSpec
+from .stats import ServerStats
 
 
 class Sink(Protocol):
@@ -33,18 +36,16 @@ class Sink(Protocol):
 
 @dataclass(eq=False)
 class Sequence:
-    prompt: list[int]
-    max_tokens: int
-    params: SamplingParams
-    eos_ids: frozenset[int]
+    """A `SequenceSpec` being generated: where its tokens go, and the scheduler's state of it."""
+    spec: SequenceSpec
     sink: Sink
     generator: torch.Generator | None = None
-    # scheduler state
+    """The sampler's generator, made at admission: `spec.params.generator(engine.device)`, on the
+    logits' device, seeded with the request's seed as given (None without a seed)."""
     slot: int = -1
     pos: int = 0
     """Positions in the KV cache (the prompt, then one per decode step)."""
     generated: list[int] = field(default_factory=list)
-    arrival: float = field(default_factory=time.perf_counter)
 
 
 class Scheduler:
@@ -64,9 +65,7 @@ class Scheduler:
         self._drain_deadline: float | None = None
         self.step_started: float | None = None
         """perf_counter() when the current step began (None between steps): the watchdog reads it."""
-        self.stats = {"steps": 0, "prefill_steps": 0, "prefill_tokens": 0, "decode_tokens": 0,
-                      "max_running": 0, "requests": 0, "errors": 0, "step_s": 0.0, "forward_s": 0.0,
-                      "forwards": 0}
+        self.stats = ServerStats(engine, schedule)
 
     # ---- called from any thread ---------------------------------------------------------------------
     def submit(self, sequences: list[Sequence]) -> None:
@@ -111,7 +110,7 @@ class Scheduler:
             batch = self._inbox.get(timeout=self.idle_wait) if block else self._inbox.get_nowait()
             while True:
                 self.waiting.extend(batch)
-                self.stats["requests"] += len(batch)
+                self.stats.add(sequences=len(batch))
                 batch = self._inbox.get_nowait()
         except queue.Empty:
             pass
@@ -119,11 +118,12 @@ class Scheduler:
     def _admit(self) -> list[Sequence]:
         admitted, tokens = [], 0
         while self.waiting and len(self.running) + len(admitted) < self.max_batch:
-            n = len(self.waiting[0].prompt)
+            n = len(self.waiting[0].spec.prompt)
             if admitted and tokens + n > self.max_prefill_tokens:
                 break
             seq = self.waiting.pop(0)
             seq.slot = len(self.running) + len(admitted)
+            seq.generator = seq.spec.params.generator(self.engine.device)
             admitted.append(seq)
             tokens += n
         return admitted
@@ -131,7 +131,7 @@ class Scheduler:
     def step(self) -> None:
         admitted = self._admit()
         decoding = list(self.running)
-        plan = StepPlan(self._moves, [s.slot for s in admitted], [s.prompt for s in admitted],
+        plan = StepPlan(self._moves, [s.slot for s in admitted], [s.spec.prompt for s in admitted],
                         [s.generated[-1] for s in decoding], [s.pos for s in decoding])
         self._moves = []
         self.step_started = time.perf_counter()
@@ -139,34 +139,31 @@ class Scheduler:
         for src, dst, length in plan.moves:
             self.engine.cache.move(src, dst, length)
         plan.moves = []
-        forward = 0.0
+        forward, forwards = 0.0, 0
         if admitted:  # prefill first, and deliver first tokens before the decode step
             prefill_plan = StepPlan(prefill_slots=plan.prefill_slots, prompts=plan.prompts)
             t0 = time.perf_counter()
             logits, _ = run_plan(self.engine, prefill_plan, self.schedule)
             forward += time.perf_counter() - t0
-            self.stats["forwards"] += 1
+            forwards += 1
             for s in admitted:
-                s.pos = len(s.prompt)
+                s.pos = len(s.spec.prompt)
             self.running.extend(admitted)
             self._advance(admitted, logits)
-            self.stats["prefill_steps"] += 1
-            self.stats["prefill_tokens"] += sum(len(p) for p in plan.prompts)
         if decoding:
             t0 = time.perf_counter()
             _, logits = run_plan(self.engine, StepPlan(decode_tokens=plan.decode_tokens,
                                                        decode_positions=plan.decode_positions), self.schedule)
             forward += time.perf_counter() - t0
-            self.stats["forwards"] += 1
+            forwards += 1
             for s in decoding:
                 s.pos += 1
             self._advance(decoding, logits)
-            self.stats["decode_tokens"] += len(decoding)
-        self.stats["steps"] += 1
-        self.stats["max_running"] = max(self.stats["max_running"], len(self.running))
+        self.stats.raise_to(max_running=len(self.running))
         self._retire()
-        self.stats["forward_s"] += forward
-        self.stats["step_s"] += time.perf_counter() - self.step_started
+        self.stats.add(steps=1, prefill_steps=int(bool(admitted)), prefilled_tokens=sum(map(len, plan.prompts)),
+                       decoded_tokens=len(decoding), forward_passes=forwards, forward_s=forward,
+                       step_s=time.perf_counter() - self.step_started)
         self.step_started = None
 
     def _advance(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
@@ -177,7 +174,7 @@ class Scheduler:
             s.sink.tokens([t])
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
-        greedy = [i for i, s in enumerate(seqs) if s.params.temperature == 0]
+        greedy = [i for i, s in enumerate(seqs) if s.spec.params.temperature == 0]
         out = [0] * len(seqs)
         if len(greedy) == len(seqs):
             return logits.argmax(dim=-1).tolist()
@@ -185,17 +182,18 @@ class Scheduler:
             for i, t in zip(greedy, logits[greedy].argmax(dim=-1).tolist()):
                 out[i] = t
         for i, s in enumerate(seqs):
-            if s.params.temperature != 0:
-                out[i] = int(sample(logits[i: i + 1], s.params, s.generator)[0])
+            if s.spec.params.temperature != 0:
+                out[i] = int(sample(logits[i: i + 1], s.spec.params, s.generator)[0])
         return out
 
     def _retire(self) -> None:
         """Finish sequences that hit EOS or max_tokens; keep the rest in slots 0..n-1."""
-        done = [s for s in self.running if s.generated[-1] in s.eos_ids or len(s.generated) >= s.max_tokens]
+        done = [s for s in self.running
+                if s.generated[-1] in s.spec.eos_ids or len(s.generated) >= s.spec.max_tokens]
         if not done:
             return
         for s in done:
-            s.sink.finish("stop" if s.generated[-1] in s.eos_ids else "length")
+            s.sink.finish("stop" if s.generated[-1] in s.spec.eos_ids else "length")
         keep = [s for s in self.running if s not in done]
         holes = sorted(s.slot for s in done if s.slot < len(keep))
         movers = [s for s in keep if s.slot >= len(keep)]  # as many as holes; disjoint slots
@@ -205,5 +203,5 @@ class Scheduler:
         self.running = sorted(keep, key=lambda s: s.slot)
 
     def _fail(self, s: Sequence, error: str) -> None:
-        self.stats["errors"] += 1
+        self.stats.add(failed=1)
         s.sink.finish("error", error)

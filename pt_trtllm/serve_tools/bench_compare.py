@@ -1,13 +1,13 @@
 """Block vs sublayer under the same serving load: start scripts/serve.py with each schedule on the
 same checkpoint (`mpiexec -n T`, loopback, free ports), run the serving benchmark (bench.py) against
-it, stop it, and put the results side by side (markdown, JSON, PNG)."""
+it, stop it, read the server's statistics (its --stats_json), and put the results side by side
+(markdown, JSON, PNG)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import re
 import shlex
 import sys
 import tempfile
@@ -15,8 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import ROWS, machine, parse_args as bench_args, run_benchmark
+from ..formats import read_rank_config
+from ..measure import machine
+from .bench import ROWS, parse_args as bench_args, run_benchmark
 from .launcher import ServerProcess
+
+SERVER_STATS = ("communicator", "device", "sequences", "steps", "decoded_tokens", "prefilled_tokens", "max_running",
+                "ms_per_step", "forward_share", "measured_merges_per_forward", "other_collectives_per_step")
+"""The fields of the server's statistics (serve/stats.py) each run records."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,50 +50,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def make_preset_checkpoint(name: str, root: Path) -> Path:
-    import torch
-
-    from .. import PTConfig, PTForCausalLM
-    from ..convert.writer import convert
-
-    torch.manual_seed(0)
-    PTForCausalLM(PTConfig.from_preset(name)).save_pretrained(root / "hf")
-    convert(root / "hf", root / "ckpt", progress=False)
-    return root / "ckpt"
-
-
-def _server_stats(log: str) -> dict:
-    m = re.search(r"stopped \(\w+\): (\d+) sequences, (\d+) steps, (\d+) decoded tokens, (\d+) prefilled tokens, "
-                  r"at most (\d+) running", log)
-    if not m:
-        return {}
-    seqs, steps, decoded, prefilled, most = map(int, m.groups())
-    out = {"sequences": seqs, "steps": steps, "decoded_tokens": decoded, "prefilled_tokens": prefilled,
-           "max_running": most}
-    m = re.search(r"([\d.]+) ms per step, (\d+)% of it in forward passes; ([\d.]+) merges per forward pass, "
-                  r"([\d.]+) other collectives per step", log)
-    if m:
-        out.update(ms_per_step=float(m.group(1)), forward_share=int(m.group(2)) / 100,
-                   measured_merges_per_forward=float(m.group(3)), other_collectives_per_step=float(m.group(4)))
-    return out
-
-
-def _runtime(log: str) -> dict:
-    m = re.search(r"\| (\d+) ranks \(([\w.]+), ([\w:]+)\)", log)
-    return {"communicator": m.group(2), "device": m.group(3)} if m else {}
-
-
-def _merges(log: str) -> int | None:
-    m = re.search(r"merges/forward=(\d+)", log)
-    return int(m.group(1)) if m else None
+def read_server_stats(stats_path: Path, log: Path) -> dict:
+    """The statistics a server wrote at exit (--stats_json); RuntimeError if it wrote none."""
+    if not stats_path.is_file():
+        raise RuntimeError(f"the server wrote no statistics to {stats_path} (its log: {log})")
+    return json.loads(stats_path.read_text())
 
 
 def run(args) -> dict:
     schedules = args.schedules.split(",")
     before = machine()  # the load average before this benchmark adds its own
     work = Path(tempfile.mkdtemp(prefix="pt-serve-bench-"))
-    ckpt = Path(args.engine_dir) if args.engine_dir else make_preset_checkpoint(args.preset, work)
-    ranks = args.ranks or json.loads((ckpt / "config.json").read_text())["num_tracks"]
+    if args.engine_dir:
+        ckpt = Path(args.engine_dir)
+    else:
+        from ..convert.random_checkpoint import write_random_checkpoint
+
+        ckpt = write_random_checkpoint(work / "ckpt", args.preset, seed=0)
+    ranks = args.ranks or read_rank_config(ckpt)[0].num_tracks
     server_args = ["--threads", str(args.threads), "--max_batch_size", str(args.max_batch_size)]
     if args.device:
         server_args += ["--device", args.device]
@@ -97,8 +77,9 @@ def run(args) -> dict:
     for r in range(args.rounds):
         order = schedules if r % 2 == 0 else schedules[::-1]
         for schedule in order:
-            log = work / f"server-{schedule}-{r}.log"
-            server = ServerProcess(ckpt, ranks, server_args + ["--schedule", schedule], log_path=log)
+            log, stats_path = work / f"server-{schedule}-{r}.log", work / f"server-{schedule}-{r}.json"
+            server = ServerProcess(ckpt, ranks, server_args + ["--schedule", schedule, "--stats_json", str(stats_path)],
+                                   log_path=log)
             with server:
                 b = bench_args(["--url", server.grpc if args.protocol == "grpc" else server.http,
                                 "--protocol", args.protocol, "--num_requests", str(args.num_requests),
@@ -106,17 +87,17 @@ def run(args) -> dict:
                                 "--input_len", str(args.input_len), "--output_len", str(args.output_len),
                                 "--warmup", str(args.warmup), "--seed", str(args.seed)])
                 result = run_benchmark(b)
-            text = log.read_text(errors="replace")
-            result["server"] = {"schedule": schedule, "ranks": ranks, "merges_per_forward": _merges(text),
-                                "args": server_args + ["--schedule", schedule], **_runtime(text),
-                                **_server_stats(text)}
+            stats = read_server_stats(stats_path, log)
+            result["server"] = {"schedule": schedule, "ranks": ranks, "merges_per_forward": stats["merges_per_forward"],
+                                "args": server_args + ["--schedule", schedule], **{k: stats[k] for k in SERVER_STATS}}
             result.pop("requests")
             runs[schedule].append(result)
             m = result["metrics"]
             print(f"[round {r}] {schedule}: TTFT p50 {m['ttft_ms']['p50']:.1f} ms, TPOT p50 {m['tpot_ms']['p50']:.2f} "
                   f"ms, {m['output_throughput']:.0f} output tok/s, {m['failed']} failed", flush=True)
     return {"schedules": schedules, "checkpoint": str(ckpt if args.engine_dir else f"--preset {args.preset}"),
-            "ranks": ranks, "threads_per_rank": args.threads, "machine": before, "runs": runs, "median": {s: _median(runs[s]) for s in schedules}}
+            "ranks": ranks, "threads_per_rank": args.threads, "machine": before, "runs": runs,
+            "median": {s: _median(runs[s]) for s in schedules}}
 
 
 def _median(results: list[dict]) -> dict:

@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
-import platform
 import random
 import sys
 import time
@@ -27,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-MODEL = "pt_stream"
+from ..measure import machine, summary
+from ..serve.triton_protocol import STREAM_MODEL
+from .client import generate_body, http_error, parse_sse, request_inputs, triton_inputs
 
 
 @dataclass
@@ -134,25 +134,17 @@ def _dataset_requests(args, rng: random.Random, n: int) -> list[RequestSpec]:
 
 
 def _inputs(spec: RequestSpec, use_eos: bool) -> dict[str, np.ndarray]:
-    from .client import request_inputs
-
     return request_inputs(spec.prompt_text, spec.prompt_ids, spec.output_len, end_id=None if use_eos else -1)
 
 
 # ---- one streamed request -----------------------------------------------------------------------------------
 async def _grpc_request(client, spec: RequestSpec, args) -> RequestResult:
     import tritonclient.grpc.aio as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
 
-    tensors = []
-    for name, array in _inputs(spec, args.use_eos).items():
-        t = grpcclient.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else
-                                  np_to_triton_dtype(array.dtype))
-        t.set_data_from_numpy(array)
-        tensors.append(t)
+    tensors = triton_inputs(grpcclient, _inputs(spec, args.use_eos))
 
     async def requests():
-        yield {"model_name": MODEL, "inputs": tensors}
+        yield {"model_name": STREAM_MODEL, "inputs": tensors}
 
     result = RequestResult(False, spec.prompt_len, start=time.perf_counter())
     result.last = result.start
@@ -168,28 +160,22 @@ async def _grpc_request(client, spec: RequestSpec, args) -> RequestResult:
 
 
 async def _http_request(session, spec: RequestSpec, args) -> RequestResult:
-    from .client import _json_value
-
-    body = {k: _json_value(v) for k, v in _inputs(spec, args.use_eos).items()}
+    body = generate_body(_inputs(spec, args.use_eos))
     result = RequestResult(False, spec.prompt_len, start=time.perf_counter())
     result.last = result.start
-    async with session.post(f"http://{args.url}/v2/models/{MODEL}/generate_stream", json=body) as response:
+    async with session.post(f"http://{args.url}/v2/models/{STREAM_MODEL}/generate_stream", json=body) as response:
         if response.status != 200:
-            result.error = f"[{response.status}] {await response.text()}"
+            result.error = http_error(response.status, await response.text())
             return result
         async for raw in response.content:
-            line = raw.decode("utf-8").strip()
-            if not line.startswith("data:"):
-                continue
             now = time.perf_counter()
-            event = json.loads(line[5:])
-            if "error" in event:
-                result.error = event["error"]
+            try:
+                event = parse_sse(raw)
+            except RuntimeError as e:  # the server's error event
+                result.error = str(e)
                 return result
-            ids = event.get("output_ids", [])
-            n = len(ids) if isinstance(ids, list) else 1
-            if n:
-                result.arrived(now, n)
+            if event is not None and event["output_ids"]:
+                result.arrived(now, len(event["output_ids"]))
     return result.finish()
 
 
@@ -233,13 +219,9 @@ async def _run(args, specs: list[RequestSpec], rng: random.Random) -> tuple[list
 
 
 # ---- metrics --------------------------------------------------------------------------------------------------
-def _stats(values_s: list[float]) -> dict:
-    if not values_s:
-        return {"mean": 0.0, "std": 0.0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "min": 0.0, "max": 0.0, "n": 0}
-    a = np.asarray(values_s, dtype=float) * 1e3
-    return {"mean": float(a.mean()), "std": float(a.std()), "p50": float(np.percentile(a, 50)),
-            "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)), "min": float(a.min()),
-            "max": float(a.max()), "n": int(a.size)}
+def _ms(values_s: list[float]) -> dict:
+    """measure.summary of seconds, in milliseconds."""
+    return summary([1e3 * v for v in values_s])
 
 
 def summarize(results: list[RequestResult], duration: float) -> dict:
@@ -254,8 +236,8 @@ def summarize(results: list[RequestResult], duration: float) -> dict:
         "request_throughput": len(ok) / duration if duration else 0.0,
         "output_throughput": output_tokens / duration if duration else 0.0,
         "total_token_throughput": (input_tokens + output_tokens) / duration if duration else 0.0,
-        "ttft_ms": _stats([r.ttft for r in ok]), "tpot_ms": _stats(tpot),
-        "itl_ms": _stats([x for r in ok for x in r.itl]), "e2el_ms": _stats([r.e2el for r in ok]),
+        "ttft_ms": _ms([r.ttft for r in ok]), "tpot_ms": _ms(tpot),
+        "itl_ms": _ms([x for r in ok for x in r.itl]), "e2el_ms": _ms([r.e2el for r in ok]),
     }
 
 
@@ -301,15 +283,6 @@ def plot(results: list[RequestResult], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    if os.path.exists("/proc/cpuinfo"):
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                   cpu)
-    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "python": sys.version.split()[0],
-            "platform": platform.platform()}
 
 
 def run_benchmark(args) -> dict:

@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-MODELS_DIR = Path(__file__).with_name("trtllm_models")
+MODELS_DIR = Path(__file__).with_name("triton_repo_models")
 BATCHING_STRATEGIES = ("inflight_fused_batching", "inflight_batching", "V1")
 SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
 
@@ -242,7 +242,7 @@ def options_from_engine(engine_dir: str | Path, tokenizer_dir: str | Path, outpu
                         max_batch_size: int | None = None, **kwargs) -> RepoOptions:
     """Options with the world size and batch size read from the engine directory (ValueError
     naming the problem for a directory that is not a PT engine)."""
-    from ..trtllm.support import read_engine_info
+    from .support import read_engine_info
 
     engine_dir, tokenizer_dir = Path(engine_dir).resolve(), Path(tokenizer_dir).resolve()
     info = read_engine_info(engine_dir)

@@ -11,6 +11,8 @@ from .schedule import check_schedule
 
 COMBINE_OPS = ("mean", "sum", "residual_sum")
 ROPE_STYLES = ("neox", "gptj")
+ATTENTION_TYPES = ("global_rope", "local_rope", "global_nope")
+FEED_FORWARD_TYPES = ("dense", "sparse")
 PRESET_DIR = Path(__file__).resolve().parent / "configs"  # -> the repository's configs/
 
 # The fields of pt-spec section 2, in the order they are documented; converters and the per-rank
@@ -21,7 +23,12 @@ PT_FIELDS = (
     "max_position_embeddings", "rope_theta", "rope_style", "qk_norm", "combine_op",
     "track_dispatch_norm", "track_combine_norm", "merge_schedule", "tie_word_embeddings",
     "bos_token_id", "eos_token_id", "pad_token_id",
+    # the Apple PT architecture (tamm's AFMParallelTrackMoEConfig): optional when a config.json is
+    # read, so checkpoints written before these fields existed stay valid, with these defaults
+    "attention_layer_pattern", "attention_window", "feed_forward_layer_pattern", "num_experts",
+    "num_experts_per_token", "moe_intermediate_size", "router_logits_cap", "pre_residual_norm", "post_norm",
 )
+OPTIONAL_PT_FIELDS = PT_FIELDS[PT_FIELDS.index("attention_layer_pattern"):]
 
 
 class PTConfig(PretrainedConfig):
@@ -59,6 +66,15 @@ class PTConfig(PretrainedConfig):
         bos_token_id: int | None = None,
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
+        attention_layer_pattern: list[str] | tuple[str, ...] = ("global_rope",),
+        attention_window: int | None = None,
+        feed_forward_layer_pattern: list[str] | tuple[str, ...] = ("dense",),
+        num_experts: int = 0,
+        num_experts_per_token: int = 0,
+        moe_intermediate_size: int = 0,
+        router_logits_cap: float | None = None,
+        pre_residual_norm: bool = False,
+        post_norm: bool = False,
         use_cache: bool = True,
         **kwargs,
     ):
@@ -98,6 +114,28 @@ class PTConfig(PretrainedConfig):
         """A per-track RMSNorm on each track block's output, before the merge."""
         self.merge_schedule = merge_schedule
         """The schedule the weights were made for: "block" (PT) or "sublayer" (dense split in tracks)."""
+        self.attention_layer_pattern = list(attention_layer_pattern)
+        """Attention of layer l: pattern[l % len(pattern)], one of "global_rope" (causal attention over
+        every position, RoPE), "local_rope" (RoPE, a query at p attends to positions p - W .. p) or
+        "global_nope" (no positional encoding, no window; QK-norm still applies)."""
+        self.attention_window = attention_window
+        """W of "local_rope" layers (required when the pattern has one): the past positions a query
+        sees besides its own (W + 1 in all, as tamm's local_attention_window_size)."""
+        self.feed_forward_layer_pattern = list(feed_forward_layer_pattern)
+        """Feed-forward of layer l: pattern[l % len(pattern)], "dense" (SwiGLU of intermediate_size / T
+        per track) or "sparse" (a mixture of experts per track)."""
+        self.num_experts = num_experts
+        """E: experts of EACH track in a sparse layer (tamm's num_experts; not divided by T)."""
+        self.num_experts_per_token = num_experts_per_token
+        """k: experts each token uses in a sparse layer (top-k of the router, weights renormalized)."""
+        self.moe_intermediate_size = moe_intermediate_size
+        """SwiGLU width of ONE expert (tamm's sparse_feed_forward_hidden_dim; not divided by T)."""
+        self.router_logits_cap = router_logits_cap
+        """Soft cap of the router logits, cap * tanh(logits / cap) in float32 (None: no cap)."""
+        self.pre_residual_norm = pre_residual_norm
+        """An RMSNorm on every attention and feed-forward output before its residual add."""
+        self.post_norm = post_norm
+        """An RMSNorm on the residual stream after every attention and feed-forward residual add."""
         self.use_cache = use_cache
         """Whether `PTForCausalLM.forward` returns a KV cache by default (as in HF models)."""
         super().__init__(
@@ -124,6 +162,18 @@ class PTConfig(PretrainedConfig):
     def ffn_per_track(self) -> int:
         """f: SwiGLU width of one track."""
         return self.intermediate_size // self.num_tracks
+
+    def attention_type(self, layer: int) -> str:
+        """"global_rope", "local_rope" or "global_nope" for layer `layer` of every track."""
+        return self.attention_layer_pattern[layer % len(self.attention_layer_pattern)]
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether layer `layer` of every track has a mixture of experts as its feed-forward."""
+        return self.feed_forward_layer_pattern[layer % len(self.feed_forward_layer_pattern)] == "sparse"
+
+    def window(self, layer: int) -> int | None:
+        """W of a "local_rope" layer, None for the others."""
+        return self.attention_window if self.attention_type(layer) == "local_rope" else None
 
     @property
     def num_blocks(self) -> int:
@@ -159,6 +209,24 @@ class PTConfig(PretrainedConfig):
         for name, allowed in (("combine_op", COMBINE_OPS), ("rope_style", ROPE_STYLES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        for name, allowed in (("attention_layer_pattern", ATTENTION_TYPES),
+                              ("feed_forward_layer_pattern", FEED_FORWARD_TYPES)):
+            pattern = getattr(self, name)
+            if not pattern or any(p not in allowed for p in pattern):
+                raise ValueError(f"{name}={pattern!r} must be a non-empty list of {allowed}")
+        if "local_rope" in self.attention_layer_pattern and not _positive_int(self.attention_window):
+            raise ValueError(f"attention_window must be a positive integer when attention_layer_pattern has "
+                             f"'local_rope', got {self.attention_window!r}")
+        if "sparse" in self.feed_forward_layer_pattern:
+            for name in ("num_experts", "num_experts_per_token", "moe_intermediate_size"):
+                if not _positive_int(getattr(self, name)):
+                    raise ValueError(f"{name} must be a positive integer when feed_forward_layer_pattern has "
+                                     f"'sparse', got {getattr(self, name)!r}")
+            if self.num_experts_per_token > self.num_experts:
+                raise ValueError(f"num_experts_per_token={self.num_experts_per_token} exceeds num_experts="
+                                 f"{self.num_experts}")
+        if self.router_logits_cap is not None and not self.router_logits_cap > 0:
+            raise ValueError(f"router_logits_cap must be positive or null, got {self.router_logits_cap!r}")
         try:
             check_schedule(self.merge_schedule, "checkpoint", self)
         except ValueError as e:
@@ -184,3 +252,7 @@ class PTConfig(PretrainedConfig):
     @staticmethod
     def preset_names() -> list[str]:
         return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

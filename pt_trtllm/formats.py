@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import PT_FIELDS, PTConfig
+from .config import OPTIONAL_PT_FIELDS, PT_FIELDS, PTConfig
 from .dtypes import DTYPES
 from .merge import DEFAULT_MERGE_IMPL, check_merge_impl
 
@@ -46,8 +46,8 @@ def read_json(path: str | Path, missing: str = "") -> dict:
 POSITION_EMBEDDING_TYPES = {"neox": "rope_gpt_neox", "gptj": "rope_gptj"}
 
 
-def _track_shapes(cfg: PTConfig) -> dict[str, Shape]:
-    """Per-layer shapes of one track, HF names relative to `layers.{layer}.`."""
+def _layer_shapes(cfg: PTConfig, layer: int) -> dict[str, Shape]:
+    """Shapes of one layer of one track, HF names relative to `layers.{layer}.`."""
     H, d, h, g, f = cfg.hidden_size, cfg.head_dim, cfg.heads_per_track, cfg.kv_heads_per_track, cfg.ffn_per_track
     shapes = {
         "input_layernorm.weight": (H,),
@@ -56,20 +56,27 @@ def _track_shapes(cfg: PTConfig) -> dict[str, Shape]:
         "self_attn.v_proj.weight": (g * d, H),
         "self_attn.o_proj.weight": (H, h * d),
         "post_attention_layernorm.weight": (H,),
-        "mlp.gate_proj.weight": (f, H),
-        "mlp.up_proj.weight": (f, H),
-        "mlp.down_proj.weight": (H, f),
     }
+    if cfg.is_sparse(layer):  # per track: E experts of width fe, [out, in] per expert
+        E, fe = cfg.num_experts, cfg.moe_intermediate_size
+        shapes.update({"mlp.router.weight": (E, H), "mlp.experts.gate_proj": (E, fe, H),
+                       "mlp.experts.up_proj": (E, fe, H), "mlp.experts.down_proj": (E, H, fe)})
+    else:
+        shapes.update({"mlp.gate_proj.weight": (f, H), "mlp.up_proj.weight": (f, H), "mlp.down_proj.weight": (H, f)})
     if cfg.qk_norm:
         shapes["self_attn.q_norm.weight"] = (d,)
         shapes["self_attn.k_norm.weight"] = (d,)
+    for norm, enabled in (("pre_residual_norm", cfg.pre_residual_norm), ("post_norm", cfg.post_norm)):
+        if enabled:
+            shapes[f"attn_{norm}.weight"] = (H,)
+            shapes[f"mlp_{norm}.weight"] = (H,)
     return shapes
 
 
 def hf_track_layout(cfg: PTConfig, track: int) -> dict[str, Shape]:
     """Section 4 names and shapes of one track's tensors."""
     out = {f"model.tracks.{track}.layers.{layer}.{name}": shape
-           for layer in range(cfg.num_hidden_layers) for name, shape in _track_shapes(cfg).items()}
+           for layer in range(cfg.num_hidden_layers) for name, shape in _layer_shapes(cfg, layer).items()}
     for kind, enabled in (("dispatch_norms", cfg.track_dispatch_norm), ("combine_norms", cfg.track_combine_norm)):
         if enabled:
             out.update({f"model.tracks.{track}.{kind}.{b}.weight": (cfg.hidden_size,) for b in range(cfg.num_blocks)})
@@ -95,6 +102,7 @@ def hf_layout(cfg: PTConfig) -> dict[str, Shape]:
 # rank-file name -> the HF names (of track t, relative to its layers.{layer}.) it is made of, in order.
 # TensorRT-LLM's GatedMLP names are swapped against HF's: its `fc` is HF's gate_proj (the input of
 # the activation) and its `gate` is HF's up_proj (the multiplier); see docs/pt-spec.md section 5.
+# Its MOE layer fuses both into `fc` [E, 2 fe, H] with the up projection FIRST.
 RANK_LAYER_SOURCES = {
     "input_layernorm.weight": ("input_layernorm.weight",),
     "attention.qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
@@ -105,16 +113,32 @@ RANK_LAYER_SOURCES = {
     "mlp.fc.weight": ("mlp.gate_proj.weight",),
     "mlp.gate.weight": ("mlp.up_proj.weight",),
     "mlp.proj.weight": ("mlp.down_proj.weight",),
+    "attn_pre_residual_norm.weight": ("attn_pre_residual_norm.weight",),
+    "attn_post_norm.weight": ("attn_post_norm.weight",),
+    "mlp_pre_residual_norm.weight": ("mlp_pre_residual_norm.weight",),
+    "mlp_post_norm.weight": ("mlp_post_norm.weight",),
 }
+RANK_SPARSE_SOURCES = {  # a sparse layer's feed-forward instead of the dense mlp.fc/gate/proj
+    "mlp.router.weight": ("mlp.router.weight",),
+    "mlp.fc.weight": ("mlp.experts.up_proj", "mlp.experts.gate_proj"),
+    "mlp.proj.weight": ("mlp.experts.down_proj",),
+}
+
+
+def concat_dim(rank_name: str, num_sources: int) -> int:
+    """The dimension along which a rank tensor's several sources are concatenated: 1 for an MoE
+    `mlp.fc.weight` ([E, up rows + gate rows, H]), 0 otherwise."""
+    return 1 if num_sources > 1 and rank_name.endswith("mlp.fc.weight") else 0
 
 
 def rank_sources(cfg: PTConfig, rank: int) -> dict[str, tuple[str, ...]]:
     """Section 5 name of every tensor in rank{rank}.safetensors -> the section 4 tensors it is
-    made of (concatenated along dim 0 when there are several)."""
+    made of (concatenated along `concat_dim` when there are several)."""
     out = {"transformer.vocab_embedding.weight": ("model.embed_tokens.weight",)}
     track_names = hf_track_layout(cfg, rank)
     for layer in range(cfg.num_hidden_layers):
-        for name, parts in RANK_LAYER_SOURCES.items():
+        table = {**RANK_LAYER_SOURCES, **RANK_SPARSE_SOURCES} if cfg.is_sparse(layer) else RANK_LAYER_SOURCES
+        for name, parts in table.items():
             srcs = tuple(f"model.tracks.{rank}.layers.{layer}.{p}" for p in parts)
             if all(s in track_names for s in srcs):
                 out[f"transformer.layers.{layer}.{name}"] = srcs
@@ -134,7 +158,10 @@ def rank_layout(cfg: PTConfig, rank: int) -> dict[str, Shape]:
     out = {}
     for name, srcs in rank_sources(cfg, rank).items():
         shapes = [hf[s] for s in srcs]
-        out[name] = (sum(s[0] for s in shapes), *shapes[0][1:])
+        dim = concat_dim(name, len(srcs))
+        shape = list(shapes[0])
+        shape[dim] = sum(s[dim] for s in shapes)
+        out[name] = tuple(shape)
     return out
 
 
@@ -171,11 +198,12 @@ def rank_config(cfg: PTConfig, dtype: str, merge_impl: str = DEFAULT_MERGE_IMPL)
 
 
 def config_from_rank_config(data: dict) -> PTConfig:
-    """Rebuild the PTConfig from a per-rank config.json (its PT fields)."""
-    missing = [name for name in PT_FIELDS if name not in data]
+    """Rebuild the PTConfig from a per-rank config.json (its PT fields; OPTIONAL_PT_FIELDS may be
+    absent: a checkpoint written before they existed)."""
+    missing = [name for name in PT_FIELDS if name not in data and name not in OPTIONAL_PT_FIELDS]
     if missing:
         raise ValueError(f"per-rank config.json lacks the PT fields {missing}")
-    return PTConfig(**{name: data[name] for name in PT_FIELDS})
+    return PTConfig(**{name: data[name] for name in PT_FIELDS if name in data})
 
 
 def padded_vocab_size(cfg: PTConfig) -> int:
@@ -194,7 +222,7 @@ def check_rank_config(data: dict) -> PTConfig:
     cfg = config_from_rank_config(data)
     merge_impl_of(data)
     for key, want in rank_config(cfg, data.get("dtype")).items():
-        if key == "merge_impl":  # optional (checked above)
+        if key == "merge_impl" or (key in OPTIONAL_PT_FIELDS and key not in data):  # optional
             continue
         have = data.get(key)
         if isinstance(want, dict):

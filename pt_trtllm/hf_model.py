@@ -15,7 +15,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import PTConfig
-from .modeling import PTModel, RMSNorm, Rotary
+from .modeling import Experts, PTModel, RMSNorm, Rotary
 
 
 def attention_mask_4d(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
@@ -27,6 +27,12 @@ def attention_mask_4d(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
     causal = torch.arange(kv_len, device=attention_mask.device)[None, :] <= q_pos[:, None]
     mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
     return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+def key_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, kv_len] padding mask -> the position of each key (what local layers measure distances
+    from); padding gets -2**30, outside every window."""
+    return torch.where(attention_mask.bool(), attention_mask.long().cumsum(-1) - 1, -(2**30))
 
 
 def fit_cache(cache, num_layers: int) -> None:
@@ -56,6 +62,9 @@ class PTPreTrainedModel(PreTrainedModel):
             fill(module.weight, lambda w: w.normal_(0.0, module.in_features**-0.5))
         elif isinstance(module, nn.Embedding):
             fill(module.weight, lambda w: w.normal_(0.0, 1.0))
+        elif isinstance(module, Experts):  # [E, out, in] per expert
+            for w in (module.gate_proj, module.up_proj, module.down_proj):
+                fill(w, lambda w: w.normal_(0.0, w.shape[-1] ** -0.5))
         elif isinstance(module, RMSNorm):
             fill(module.weight, lambda w: w.fill_(1.0))
         elif isinstance(module, Rotary):  # a buffer, not in checkpoints
@@ -109,7 +118,8 @@ class PTForCausalLM(PTPreTrainedModel, GenerationMixin):
         mask = None
         if not bool(attention_mask.all()) or (past > 0 and S > 1):
             mask = attention_mask_4d(attention_mask, S)
-        hidden = self.model(input_ids, position_ids, mask, past_key_values, schedule)  # [B, S, H]
+        hidden = self.model(input_ids, position_ids, mask, past_key_values, schedule,
+                            key_positions(attention_mask))  # [B, S, H]
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden).float()
         loss = None
         if labels is not None:

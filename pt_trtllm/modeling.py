@@ -66,14 +66,34 @@ class Context:
     mask: torch.Tensor | None
     """Boolean [B, 1, S, kv_len] (True = attend), or None: no cached past, plain causal."""
     cache: object | None
-    """An HF-style cache: `update(k, v, index) -> (k_all, v_all)`; index = local track * L + layer."""
+    """An HF-style cache: `update(k, v, index) -> (k_all, v_all)`; index = local track * L + layer.
+    It may also answer `key_positions(index)`: the positions [B, kv_len] of the keys it returned
+    (a ring buffer's), or None."""
+    positions: torch.Tensor
+    """[B, S] positions of the queries."""
+    key_positions: torch.Tensor | None = None
+    """[B, kv_len] positions of the cached keys (padding: a large negative number), or None: the
+    keys are the queries' own tokens."""
+
+    def window_mask(self, window: int, cache_index: int) -> torch.Tensor:
+        """Boolean [B, 1, S, kv_len] of a local layer: a query at p attends to keys at p - window .. p."""
+        keys = self.cache.key_positions(cache_index) if hasattr(self.cache, "key_positions") else None
+        if keys is None:
+            keys = self.key_positions if self.key_positions is not None else self.positions
+        distance = self.positions[:, None, :, None] - keys[:, None, None, :]  # [B, 1, S, kv_len]
+        return (distance >= 0) & (distance <= window)
 
 
 class Attention(nn.Module):
+    """Grouped-query attention of one track: RoPE (unless `kind` is "global_nope"), then QK-norm,
+    then causal attention, limited to the last `window` positions for "local_rope"."""
+
     def __init__(self, heads: int, kv_heads: int, head_dim: int, hidden: int, qk_norm: bool,
-                 eps: float, rope_style: str):
+                 eps: float, rope_style: str, kind: str = "global_rope", window: int | None = None):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim, self.rope_style = heads, kv_heads, head_dim, rope_style
+        self.rope = kind != "global_nope"
+        self.window = window
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
         self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
@@ -98,10 +118,14 @@ class Attention(nn.Module):
         h, g, d = self.heads, self.kv_heads, self.head_dim
         if self.qkv_weight is not None:  # one matmul, and RoPE on q and k heads at once
             qk, v = F.linear(x, self.qkv_weight).split([(h + g) * d, g * d], dim=-1)
-            q, k = apply_rope(qk.view(B, S, h + g, d), *ctx.rope, self.rope_style).split([h, g], dim=2)
+            qk = qk.view(B, S, h + g, d)
+            if self.rope:
+                qk = apply_rope(qk, *ctx.rope, self.rope_style)
+            q, k = qk.split([h, g], dim=2)
         else:
-            q = apply_rope(self.q_proj(x).view(B, S, h, d), *ctx.rope, self.rope_style)
-            k = apply_rope(self.k_proj(x).view(B, S, g, d), *ctx.rope, self.rope_style)
+            q, k = self.q_proj(x).view(B, S, h, d), self.k_proj(x).view(B, S, g, d)
+            if self.rope:
+                q, k = apply_rope(q, *ctx.rope, self.rope_style), apply_rope(k, *ctx.rope, self.rope_style)
             v = self.v_proj(x)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -109,8 +133,9 @@ class Attention(nn.Module):
         v = v.reshape(B, S, g, d).transpose(1, 2)  # [B, g, S, d]
         if ctx.cache is not None:
             k, v = ctx.cache.update(k, v, cache_index)  # [B, g, kv_len, d]
+        mask = ctx.mask if self.window is None else ctx.window_mask(self.window, cache_index)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None and S > 1, enable_gqa=g != h)  # [B, h, S, d]
+            q, k, v, attn_mask=mask, is_causal=mask is None and S > 1, enable_gqa=g != h)  # [B, h, S, d]
         return self.o_proj(out.transpose(1, 2).reshape(B, S, h * d))
 
 
@@ -139,6 +164,72 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
+class MoE(nn.Module):
+    """A track's mixture of experts (tamm's router and dropless dispatch): router logits in float32,
+    soft-capped (cap * tanh(logits / cap)), softmax over the experts, top-k, the k weights
+    renormalized to sum 1; the token's output is the weighted sum of its k experts' SwiGLUs."""
+
+    def __init__(self, hidden: int, ffn: int, num_experts: int, top_k: int, cap: float | None):
+        super().__init__()
+        self.router = nn.Linear(hidden, num_experts, bias=False)
+        self.experts = Experts(num_experts, hidden, ffn)
+        self.top_k, self.cap = top_k, cap
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [N, H] -> the chosen experts [N, k] and their weights [N, k] (x's dtype)."""
+        logits = self.router(x).float()  # [N, E]
+        if self.cap is not None:
+            logits = self.cap * torch.tanh(logits / self.cap)
+        weights, experts = logits.softmax(dim=-1).topk(self.top_k, dim=-1)
+        return experts, (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # [N, H]
+        experts, weights = self.route(x)
+        if x.shape[0] * self.top_k <= self.experts.num_experts:  # few tokens (decode): gather their experts
+            out = self.experts.gathered(x, experts)  # [N, k, H]
+        else:
+            out = self.experts.grouped(x, experts)
+        return torch.einsum("nkh,nk->nh", out, weights).reshape(shape)
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts as stacked [out, in] weights: gate_proj, up_proj [E, f, H], down_proj [E, H, f]."""
+
+    def __init__(self, num_experts: int, hidden: int, ffn: int):
+        super().__init__()
+        self.num_experts = num_experts
+        self.gate_proj = nn.Parameter(torch.empty(num_experts, ffn, hidden))
+        self.up_proj = nn.Parameter(torch.empty(num_experts, ffn, hidden))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, ffn))
+
+    def gathered(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """x [N, H], experts [N, k] -> [N, k, H], reading only the chosen experts' weights and
+        with no host synchronization (a CUDA graph can capture it)."""
+        gate = torch.einsum("nh,nkfh->nkf", x, self.gate_proj[experts])
+        up = torch.einsum("nh,nkfh->nkf", x, self.up_proj[experts])
+        return torch.einsum("nkf,nkhf->nkh", F.silu(gate) * up, self.down_proj[experts])
+
+    def grouped(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """x [N, H], experts [N, k] -> [N, k, H]: the (token, expert) pairs sorted by expert, one
+        matmul per expert that has tokens (its token count is read on the host: prefill only)."""
+        N, k = experts.shape
+        flat = experts.reshape(-1)  # [N * k]
+        order = flat.argsort(stable=True)
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        rows = x[order // k]  # [N * k, H], grouped by expert
+        out = torch.empty_like(rows)
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                part = rows[start:start + n]
+                hidden = F.silu(F.linear(part, self.gate_proj[e])) * F.linear(part, self.up_proj[e])
+                out[start:start + n] = F.linear(hidden, self.down_proj[e])
+                start += n
+        return out.new_empty(N * k, x.shape[-1]).index_copy_(0, order, out).view(N, k, -1)
+
+
 class DecoderLayer(nn.Module):
     """One pre-norm Llama layer of one track, run as two residual steps.
 
@@ -146,14 +237,24 @@ class DecoderLayer(nn.Module):
     between the two halves; under the block schedule a track simply runs both steps of each layer.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, layer: int):
         super().__init__()
         H, eps = config.hidden_size, config.rms_norm_eps
         self.input_layernorm = RMSNorm(H, eps)
-        self.self_attn = Attention(config.heads_per_track, config.kv_heads_per_track, config.head_dim,
-                                   H, config.qk_norm, eps, config.rope_style)
+        self.self_attn = Attention(config.heads_per_track, config.kv_heads_per_track, config.head_dim, H,
+                                   config.qk_norm, eps, config.rope_style, config.attention_type(layer),
+                                   config.window(layer))
         self.post_attention_layernorm = RMSNorm(H, eps)
-        self.mlp = MLP(H, config.ffn_per_track)
+        if config.is_sparse(layer):
+            self.mlp = MoE(H, config.moe_intermediate_size, config.num_experts, config.num_experts_per_token,
+                           config.router_logits_cap)
+        else:
+            self.mlp = MLP(H, config.ffn_per_track)
+        for kind in ("attn", "mlp"):  # tamm's NormalizedResidualConnection: post(h + pre_residual(out))
+            if config.pre_residual_norm:
+                setattr(self, f"{kind}_pre_residual_norm", RMSNorm(H, eps))
+            if config.post_norm:
+                setattr(self, f"{kind}_post_norm", RMSNorm(H, eps))
 
     def norm(self, kind: str) -> RMSNorm:
         """The RMSNorm that step `kind` applies first."""
@@ -165,9 +266,13 @@ class DecoderLayer(nn.Module):
         `normed` is that norm's output when a fused merge already computed it."""
         if normed is None:
             normed = self.norm(kind)(h)
-        if kind == "attn":
-            return h + self.self_attn(normed, ctx, cache_index)
-        return h + self.mlp(normed)
+        out = self.self_attn(normed, ctx, cache_index) if kind == "attn" else self.mlp(normed)
+        if hasattr(self, f"{kind}_pre_residual_norm"):
+            out = getattr(self, f"{kind}_pre_residual_norm")(out)
+        h = h + out
+        if hasattr(self, f"{kind}_post_norm"):
+            h = getattr(self, f"{kind}_post_norm")(h)
+        return h
 
 
 class Track(nn.Module):
@@ -175,7 +280,7 @@ class Track(nn.Module):
 
     def __init__(self, config, cache_offset: int):
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, layer) for layer in range(config.num_hidden_layers))
         if config.track_dispatch_norm:
             self.dispatch_norms = nn.ModuleList(
                 RMSNorm(config.hidden_size, config.rms_norm_eps) for _ in range(config.num_blocks))
@@ -238,8 +343,9 @@ class PTModel(nn.Module):
         return _segments(schedule, cfg.num_hidden_layers, cfg.block_depth)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
-                cache=None, schedule: str | None = None) -> torch.Tensor:
-        """input_ids, positions: [B, S] -> the final-normed hidden states [B, S, H].
+                cache=None, schedule: str | None = None, key_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids, positions: [B, S] -> the final-normed hidden states [B, S, H]. `mask` and
+        `key_positions` describe the cached keys when there are any (Context).
 
         block schedule (T tracks, L layers, merges after every D layers):
 
@@ -257,7 +363,7 @@ class PTModel(nn.Module):
         segment's entry norm, or the final norm) when every track held would apply the same one:
         a fused merge computes it in its own kernel and the consumer skips it.
         """
-        ctx = Context(self.rotary(positions), mask, cache)
+        ctx = Context(self.rotary(positions), mask, cache, positions, key_positions)
         segments = self.segments(schedule or self.config.merge_schedule)
         x = self.embed_tokens(input_ids)  # [B, S, H]
         normed = None
@@ -282,4 +388,5 @@ class PTModel(nn.Module):
         for track in self.tracks:
             for layer in track.layers:
                 layer.self_attn.fuse()
-                layer.mlp.fuse()
+                if isinstance(layer.mlp, MLP):
+                    layer.mlp.fuse()

@@ -16,7 +16,8 @@ Where a schedule may be used is decided in one place, `check_schedule`, by conte
 | `server`     | block, sublayer           | scripts/serve.py                                     |
 
 In every context, `sublayer` is undefined for a model with track dispatch or combine norms (those
-norms belong to track blocks).
+norms belong to track blocks) and for one with pre-residual or post norms (the norm of a summed
+sublayer output needs the merge first).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def check_schedule(schedule: str, context: str, config=None, tracks_per_process:
         raise ValueError(f"the sublayer schedule is undefined for models with track_dispatch_norm or "
                          f"track_combine_norm (got {config.track_dispatch_norm}, {config.track_combine_norm}): "
                          "those norms belong to track blocks")
+    if schedule == "sublayer" and config is not None and (config.pre_residual_norm or config.post_norm):
+        raise ValueError(f"the sublayer schedule is undefined for models with pre_residual_norm or post_norm "
+                         f"(got {config.pre_residual_norm}, {config.post_norm}): the norm of a summed sublayer "
+                         "output needs the merge first")
     if schedule == "none" and tracks_per_process not in (None, 1):
         raise ValueError("the none schedule (no merges; timing only) needs exactly one track per process, "
                          f"got {tracks_per_process}")

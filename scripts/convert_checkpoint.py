@@ -3,7 +3,8 @@
 into per-rank TensorRT-LLM checkpoints (default; pt-spec section 5) or the HF PT format (section 4).
 
   python scripts/convert_checkpoint.py --model_dir SRC --output_dir DST [--output_format {trtllm,hf}]
-      [--dtype {auto,float32,float16,bfloat16}] [--num_tracks T] [--block_depth D] [--workers N] [--force]
+      [--dtype {auto,float32,float16,bfloat16}] [--num_tracks T] [--block_depth D] [--max_position_embeddings N]
+      [--workers N] [--force]
 """
 
 import argparse
@@ -24,13 +25,16 @@ def main(argv=None) -> int:
                    help="output dtype; auto keeps the source's")
     p.add_argument("--num_tracks", type=int, help="tracks T (required for a Llama source; must match otherwise)")
     p.add_argument("--block_depth", type=int, help="block depth D of a Llama source (default 1)")
+    p.add_argument("--max_position_embeddings", type=int,
+                   help="tamm sources only (tamm has no maximum length): default max(4096, window + 1)")
     p.add_argument("--workers", type=int, default=1, help="ranks converted in parallel")
     p.add_argument("--force", action="store_true", help="replace an existing --output_dir")
     args = p.parse_args(argv)
     start = time.perf_counter()
     try:
         source = convert(args.model_dir, args.output_dir, args.output_format, args.dtype, args.num_tracks,
-                         args.block_depth, args.workers, args.force)
+                         args.block_depth, args.workers, args.force,
+                         max_position_embeddings=args.max_position_embeddings)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

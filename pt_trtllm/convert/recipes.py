@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Take:
-    """Section 4 tensor = `key[index]` of the source (transposed if `transpose`)."""
+    """Section 4 tensor = `key[index]` of the source (its last two dims swapped if `transpose`)."""
 
     key: str
     index: object = None

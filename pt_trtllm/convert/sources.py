@@ -57,10 +57,11 @@ class Source:
         if isinstance(recipe, Ones):
             return torch.ones(recipe.n, dtype=self.dtype)
         t = self.files.get(recipe.key, recipe.index)
-        return t.T.contiguous() if recipe.transpose else t
+        return t.transpose(-1, -2).contiguous() if recipe.transpose else t
 
 
-def open_source(model_dir: str | Path, num_tracks: int | None = None, block_depth: int | None = None) -> Source:
+def open_source(model_dir: str | Path, num_tracks: int | None = None, block_depth: int | None = None,
+                max_position_embeddings: int | None = None) -> Source:
     """Detect the kind of `model_dir` from its config.json and open it as a Source."""
     path = Path(model_dir)
     if not path.is_dir():
@@ -76,8 +77,11 @@ def open_source(model_dir: str | Path, num_tracks: int | None = None, block_dept
         name_map = {name: Take(name) for name in hf_layout(cfg)}
         ignored = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
         return Source(path, "pt", cfg, name_map, hf_layout(cfg), ignored)
+    if max_position_embeddings is not None and model_type != "tamm_causal_lm":
+        raise CheckpointError("--max_position_embeddings applies to tamm sources only (the others have "
+                              "max_position_embeddings in their config.json)")
     if model_type == "tamm_causal_lm":
-        cfg, tamm = tamm_config(raw, path)
+        cfg, tamm = tamm_config(raw, path, max_position_embeddings)
         _check_same(cfg, num_tracks, block_depth, "tamm")
         name_map, shapes = tamm_name_map(cfg, tamm)
         return Source(path, "tamm", cfg, name_map, shapes, {"transformer.tamm_model.output_transform.weight"})

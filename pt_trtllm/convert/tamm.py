@@ -1,5 +1,6 @@
 """Apple tamm 0.2.0 HF checkpoints (`model_type: tamm_causal_lm`) of `AFMParallelTrackMoEConfig`
-models with dense feed-forward layers and RoPE attention on every layer.
+models: the whole PT-MoE architecture (dense and sparse layers, local RoPE and global NoPE
+attention, dispatch/combine/pre-residual/post norms).
 
 tamm facts this relies on (tamm/models/afm_text/afm_pt_moe.py, tamm/layers/*):
 - its config JSON omits fields left at their defaults: `TAMM_DEFAULTS` below are 0.2.0's;
@@ -9,9 +10,15 @@ tamm facts this relies on (tamm/models/afm_text/afm_pt_moe.py, tamm/layers/*):
   head-major; SwiGLU is silu(linear_0) * linear_1;
 - RoPE rotates adjacent pairs (gptj); QK-norm always runs after RoPE, weightless when
   `scale_qk_norm` is false; norms are plain RMSNorm computed in float32;
-- local attention has a sliding window of `local_attention_window_size` past tokens, so the model
-  is exact up to window + 1 positions: that is `max_position_embeddings`;
-- the LM head is tied to the embedding.
+- local attention (`local_rope`, or its alias `local`) sees `local_attention_window_size` past
+  positions besides its own (distance <= W); `global_nope` layers have no RoPE and no window, keep
+  QK-norm, and keep the `qkv_transform` weight names;
+- a sparse layer per track: router [T, H, E] -> float32 -> cap * tanh(x / cap) -> softmax -> top-k
+  -> renormalized; experts' linear_0 (gate), linear_1 (up) [T, E, H, f], output [T, E, f, H];
+  `num_experts`, `num_experts_per_token` and `sparse_feed_forward_hidden_dim` are per track;
+- pre_residual_norm / post_norm: tamm's NormalizedResidualConnection, post(h + pre_residual(out));
+- the LM head is tied to the embedding; tamm has no maximum length: `max_position_embeddings` comes
+  from the converter (default max(4096, W + 1)).
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import PTConfig
-from .recipes import Ones, Take
 from ..formats import CheckpointError
+from .recipes import Ones, Take
 
 TAMM_TYPE = "module_configs:AFMParallelTrackMoEConfig"
 TAMM_DEFAULTS = {
@@ -31,11 +38,14 @@ TAMM_DEFAULTS = {
     "local_attention_window_size": 4096, "feed_forward_layer_pattern": ["dense", "sparse"],
     "pre_norm": "rms_norm", "post_norm": None, "pre_residual_norm": None, "tracks_dispatch_norm": None,
     "tracks_combine_norm": None, "scale_qk_norm": True, "norm_eps": 1e-5, "tracks_combine_op": "mean",
+    "sparse_feed_forward_hidden_dim": 2944, "num_experts": 40, "num_experts_per_token": 2,
+    "experts_router_logits_cap": 50.0,
 }
+ATTENTION = {"local_rope": "local_rope", "local": "local_rope", "global_nope": "global_nope"}
 PREFIX = "transformer.tamm_model."
 
 
-def tamm_config(raw: dict, path: Path) -> tuple[PTConfig, dict]:
+def tamm_config(raw: dict, path: Path, max_position_embeddings: int | None = None) -> tuple[PTConfig, dict]:
     """The PTConfig of a tamm HF config.json, and tamm's full config (defaults filled in).
     Features outside pt-spec are refused, all of them in one error."""
     tc = raw.get("tamm_config")
@@ -46,15 +56,15 @@ def tamm_config(raw: dict, path: Path) -> tuple[PTConfig, dict]:
                               f"model ({TAMM_TYPE})")
     c = {**TAMM_DEFAULTS, **tc}
     problems = []
-    if any(p == "sparse" for p in c["feed_forward_layer_pattern"]):
-        problems.append(f"MoE layers (feed_forward_layer_pattern={list(c['feed_forward_layer_pattern'])}) "
-                        "are not supported; only 'dense' layers")
-    if any(p not in ("local_rope", "local") for p in c["attention_layer_pattern"]):
-        problems.append(f"NoPE global attention layers (attention_layer_pattern={list(c['attention_layer_pattern'])}) "
-                        "are not supported; only 'local_rope' layers")
+    if any(p not in ATTENTION for p in c["attention_layer_pattern"]):
+        problems.append(f"attention_layer_pattern={list(c['attention_layer_pattern'])} has types other than "
+                        f"{sorted(ATTENTION)}")
+    if any(p not in ("dense", "sparse") for p in c["feed_forward_layer_pattern"]):
+        problems.append(f"feed_forward_layer_pattern={list(c['feed_forward_layer_pattern'])} has types other than "
+                        "'dense' and 'sparse'")
     for field in ("post_norm", "pre_residual_norm"):
-        if c[field] is not None:
-            problems.append(f"{field}={c[field]!r} is not supported (pt-spec has no {field.replace('_', '-')}s)")
+        if c[field] not in ("rms_norm", None):
+            problems.append(f"{field}={c[field]!r} is not supported (only plain 'rms_norm' or null)")
     for field in ("pre_norm", "tracks_dispatch_norm", "tracks_combine_norm"):
         allowed = ("rms_norm",) if field == "pre_norm" else ("rms_norm", None)
         if c[field] not in allowed:
@@ -67,6 +77,8 @@ def tamm_config(raw: dict, path: Path) -> tuple[PTConfig, dict]:
         raise CheckpointError([f"{path} (tamm): {p}" for p in problems])
     T = c["num_tracks"]
     kv_heads = c["num_kv_heads"] or c["num_heads"]
+    window = c["local_attention_window_size"]
+    sparse = "sparse" in c["feed_forward_layer_pattern"]
     try:
         cfg = PTConfig(
             vocab_size=c["vocab_size"], hidden_size=c["hidden_dim"], num_tracks=T,
@@ -74,12 +86,19 @@ def tamm_config(raw: dict, path: Path) -> tuple[PTConfig, dict]:
             num_attention_heads=T * c["num_heads"], num_key_value_heads=T * kv_heads,
             head_dim=c["attention_hidden_dim"] // c["num_heads"],
             intermediate_size=T * c["dense_feed_forward_hidden_dim"], rms_norm_eps=c["norm_eps"],
-            max_position_embeddings=c["local_attention_window_size"] + 1, rope_theta=float(c["rope_theta"]),
+            max_position_embeddings=max_position_embeddings or max(4096, window + 1), rope_theta=float(c["rope_theta"]),
             rope_style="gptj", qk_norm=True, combine_op=c["tracks_combine_op"].lower(),
             track_dispatch_norm=c["tracks_dispatch_norm"] is not None,
             track_combine_norm=c["tracks_combine_norm"] is not None, merge_schedule="block",
             tie_word_embeddings=True, bos_token_id=raw.get("bos_token_id"), eos_token_id=raw.get("eos_token_id"),
-            pad_token_id=raw.get("pad_token_id"))
+            pad_token_id=raw.get("pad_token_id"),
+            attention_layer_pattern=[ATTENTION[p] for p in c["attention_layer_pattern"]], attention_window=window,
+            feed_forward_layer_pattern=list(c["feed_forward_layer_pattern"]),
+            num_experts=c["num_experts"] if sparse else 0,
+            num_experts_per_token=c["num_experts_per_token"] if sparse else 0,
+            moe_intermediate_size=c["sparse_feed_forward_hidden_dim"] if sparse else 0,
+            router_logits_cap=c["experts_router_logits_cap"] if sparse else None,
+            pre_residual_norm=c["pre_residual_norm"] is not None, post_norm=c["post_norm"] is not None)
     except ValueError as e:
         raise CheckpointError(f"{path} (tamm): {e}") from None
     return cfg, c
@@ -97,9 +116,24 @@ def tamm_name_map(cfg: PTConfig, c: dict) -> tuple[dict, dict]:
         layer_shapes = {
             "attention.norm.weight": (T, H), "attention.qkv_transform.fused_linear.weight": (T, H, hd + 2 * gd),
             "attention.output_transform.weight": (T, hd, H), "feed_forward.norm.weight": (T, H),
-            "feed_forward.hidden_transform.linear_0.weight": (T, H, f),
-            "feed_forward.hidden_transform.linear_1.weight": (T, H, f), "feed_forward.output_transform.weight": (T, f, H),
         }
+        if cfg.is_sparse(layer):  # per track: router [H, E], experts [E, H, fe] (gate, up), [E, fe, H] (down)
+            E, fe = cfg.num_experts, cfg.moe_intermediate_size
+            ffn = {"mlp.router.weight": ("feed_forward.router.input_transform.weight", (T, H, E)),
+                   "mlp.experts.gate_proj": ("feed_forward.experts.hidden_transform.linear_0.weight", (T, E, H, fe)),
+                   "mlp.experts.up_proj": ("feed_forward.experts.hidden_transform.linear_1.weight", (T, E, H, fe)),
+                   "mlp.experts.down_proj": ("feed_forward.experts.output_transform.weight", (T, E, fe, H))}
+        else:
+            ffn = {"mlp.gate_proj.weight": ("feed_forward.hidden_transform.linear_0.weight", (T, H, f)),
+                   "mlp.up_proj.weight": ("feed_forward.hidden_transform.linear_1.weight", (T, H, f)),
+                   "mlp.down_proj.weight": ("feed_forward.output_transform.weight", (T, f, H))}
+        norms = {}  # section 4 name -> tamm name of the residual connections' norms
+        for kind, part in (("attn", "attention"), ("mlp", "feed_forward")):
+            for norm, enabled in (("pre_residual_norm", cfg.pre_residual_norm), ("post_norm", cfg.post_norm)):
+                if enabled:
+                    norms[f"{kind}_{norm}.weight"] = f"{part}.residual_connection.{norm}.weight"
+        layer_shapes.update({name: shape for name, shape in ffn.values()})
+        layer_shapes.update({name: (T, H) for name in norms.values()})
         if c["scale_qk_norm"]:
             layer_shapes.update({"attention.qk_norm.query_norm.weight": (T, d),
                                  "attention.qk_norm.key_norm.weight": (T, d)})
@@ -118,10 +152,10 @@ def tamm_name_map(cfg: PTConfig, c: dict) -> tuple[dict, dict]:
                 dst + "self_attn.k_norm.weight": (Take(src + "attention.qk_norm.key_norm.weight", t)
                                                 if c["scale_qk_norm"] else Ones(d)),
                 dst + "post_attention_layernorm.weight": Take(src + "feed_forward.norm.weight", t),
-                dst + "mlp.gate_proj.weight": Take(src + "feed_forward.hidden_transform.linear_0.weight", t, transpose=True),
-                dst + "mlp.up_proj.weight": Take(src + "feed_forward.hidden_transform.linear_1.weight", t, transpose=True),
-                dst + "mlp.down_proj.weight": Take(src + "feed_forward.output_transform.weight", t, transpose=True),
             })
+            # tamm's [.., in, out] -> torch's [.., out, in] (the last two dims swapped)
+            name_map.update({dst + name: Take(src + key, t, transpose=True) for name, (key, _) in ffn.items()})
+            name_map.update({dst + name: Take(src + key, t) for name, key in norms.items()})
     for b in range(cfg.num_blocks):
         for kind, enabled, part in (("dispatch_norms", cfg.track_dispatch_norm, "input_transform"),
                                     ("combine_norms", cfg.track_combine_norm, "output_transform")):

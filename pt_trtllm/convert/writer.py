@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..dtypes import DTYPES, dtype_name
-from ..formats import CheckpointError, hf_layout, rank_config, rank_layout, rank_sources
+from ..formats import CheckpointError, concat_dim, hf_layout, rank_config, rank_layout, rank_sources
 from .sources import Source, open_source
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -82,7 +82,7 @@ def write_ranks(source: Source, out: Path, dtype: torch.dtype, workers: int, pro
         tensors = {}
         for name, srcs in rank_sources(cfg, rank).items():
             parts = [source.tensor(s) for s in srcs]
-            tensor = torch.cat(parts) if len(parts) > 1 else parts[0]
+            tensor = torch.cat(parts, dim=concat_dim(name, len(parts))) if len(parts) > 1 else parts[0]
             tensors[name] = _checked(f"rank{rank} {name}", tensor, layout[name], dtype, problems)
             bar.update(1)
         if not problems:
@@ -99,7 +99,7 @@ def write_ranks(source: Source, out: Path, dtype: torch.dtype, workers: int, pro
 
 def convert(model_dir: str | Path, output_dir: str | Path, output_format: str = "trtllm", dtype: str = "auto",
             num_tracks: int | None = None, block_depth: int | None = None, workers: int = 1,
-            force: bool = False, progress: bool = True) -> Source:
+            force: bool = False, progress: bool = True, max_position_embeddings: int | None = None) -> Source:
     """Convert `model_dir` (PT HF, tamm or Llama) into `output_dir`; returns the opened source."""
     if output_format not in ("trtllm", "hf"):
         raise CheckpointError(f"--output_format {output_format!r} is not one of trtllm, hf")
@@ -107,7 +107,7 @@ def convert(model_dir: str | Path, output_dir: str | Path, output_format: str = 
         raise CheckpointError(f"--dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
     if Path(output_dir).exists() and not force:  # fail before reading anything
         raise CheckpointError(f"--output_dir {output_dir} already exists; pass --force to replace it")
-    source = open_source(model_dir, num_tracks, block_depth)
+    source = open_source(model_dir, num_tracks, block_depth, max_position_embeddings)
     out_dtype = source.dtype if dtype == "auto" else DTYPES[dtype]
     with atomic_dir(output_dir, force) as tmp:
         if output_format == "hf":

@@ -69,7 +69,7 @@ class TrackEngine:
         self.max_len = min(max_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.max_batch = max_batch
         self.cache = SlotKVCache(cfg.num_hidden_layers, max_batch, cfg.kv_heads_per_track, self.max_len,
-                                 cfg.head_dim, self.dtype, device)
+                                 cfg.head_dim, self.dtype, device, [cfg.window(i) for i in range(cfg.num_hidden_layers)])
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self._graphs: dict[tuple[int, str], _DecodeGraph] = {}
         # torch.compile fuses each decode step's small ops (merges stay eager: graph breaks); it
@@ -99,7 +99,7 @@ class TrackEngine:
         for i, p in enumerate(prompts):
             ids[i, : len(p)] = torch.tensor(p, device=self.device)
         positions = torch.arange(S, device=self.device).expand(len(prompts), S)
-        self.cache.prefill(torch.tensor(slots, device=self.device))
+        self.cache.prefill(torch.tensor(slots, device=self.device), lens)
         hidden = self.model(ids, positions, None, self.cache, schedule)  # [b, S, H]
         if all_logits:
             return F.linear(hidden, self.lm_head).float()
@@ -197,8 +197,9 @@ class _DecodeGraph:
         comm, device = engine.comm, engine.device
         self.tokens = torch.zeros(n, dtype=torch.long, device=device)
         # warm-up and capture write (garbage) at the last position, which every sequence
-        # overwrites itself before it attends to it
+        # overwrites itself before it attends to it; a ring has no such entry: it is restored
         self.positions = torch.full((n,), engine.max_len - 1, dtype=torch.long, device=device)
+        rings = [(t, t.clone()) for t in engine.cache.rings()]
         calls, sizes = comm.calls.copy(), comm.bytes.copy()
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -212,6 +213,8 @@ class _DecodeGraph:
             self.logits = engine._decode_fn(self.tokens, self.positions, schedule, engine.max_len)
         self.calls, self.bytes = comm.calls - warm_calls, comm.bytes - warm_bytes  # what one replay runs
         comm.calls, comm.bytes = calls, sizes  # count the steps that are served, not the warm-up
+        for ring, saved in rings:
+            ring.copy_(saved)
 
     def replay(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         self.tokens.copy_(tokens)

@@ -14,8 +14,8 @@ from safetensors import safe_open
 
 from ..config import PTConfig
 from ..dtypes import DTYPES
-from ..formats import CheckpointError, hf_layout, rank_layout, rank_sources, read_rank_config
-from ..modeling import PTModel, Rotary
+from ..formats import CheckpointError, concat_dim, hf_layout, rank_layout, rank_sources, read_rank_config
+from ..modeling import MLP, PTModel, Rotary
 
 def _param_name(hf_name: str) -> str:
     """Section 4 name of this rank's track -> parameter of a one-track PTModel."""
@@ -59,11 +59,13 @@ def load_rank(engine_dir: str | Path, rank: int, merge: torch.nn.Module, device:
     for name, srcs in rank_sources(cfg, rank).items():
         if name == "lm_head.weight":
             continue
-        parts = tensors[name].split([hf_shapes[s][0] for s in srcs])
+        dim = concat_dim(name, len(srcs))
+        parts = tensors[name].split([hf_shapes[s][dim] for s in srcs], dim=dim)
         for src, part in zip(srcs, parts):
             params[_param_name(src)].data = part
     for i, layer in enumerate(model.tracks[0].layers):
         layer.self_attn.qkv_weight = tensors[f"transformer.layers.{i}.attention.qkv.weight"]  # q/k/v: views
-        layer.mlp.fuse()
+        if isinstance(layer.mlp, MLP):
+            layer.mlp.fuse()
     model.eval().requires_grad_(False)
     return model, tensors["lm_head.weight"], cfg

@@ -27,9 +27,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-MERGE_IMPLS = ("allreduce",)
+MERGE_IMPLS = ("allreduce", "allreduce_fused_norm")
 """Values of config.json's `merge_impl`. "allreduce": one unfused sum all-reduce, then the combine
-op and the next norm as separate operations (the default, and the only one so far)."""
+op and the next norm as separate operations (the default). "allreduce_fused_norm": in a TensorRT-LLM
+engine, one AllReduce plugin node that also adds the residual and applies the next RMSNorm
+(pt_trtllm/trtllm/merges.py); the PyTorch runtime serves it with the unfused AllReduceMerge, which
+computes the same values."""
 DEFAULT_MERGE_IMPL = "allreduce"
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
@@ -87,6 +90,7 @@ class AllReduceMerge(Merge):
 
 
 def make_merge(impl: str, combine_op: str, num_tracks: int, comm) -> Merge:
-    """The served merge of `merge_impl` = `impl` for one rank of `comm`."""
+    """The served merge of `merge_impl` = `impl` for one rank of `comm`: AllReduceMerge for every
+    value (the fused norm of "allreduce_fused_norm" exists only in TensorRT-LLM engines)."""
     check_merge_impl(impl)
     return AllReduceMerge(combine_op, num_tracks, comm)

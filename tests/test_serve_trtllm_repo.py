@@ -111,6 +111,23 @@ def test_every_config_parses_with_the_backend_parameters(engines, smollm2_dir, t
     assert (repo / "tensorrt_llm" / "1").is_dir()
 
 
+@pytest.mark.parametrize("logits_dtype, triton_type", [(None, DT.TYPE_FP32), ("float16", DT.TYPE_FP16),
+                                                      ("bfloat16", DT.TYPE_BF16)])
+def test_logits_outputs_have_the_engines_logits_dtype(engines, smollm2_dir, tmp_path, logits_dtype, triton_type):
+    """The backend's context_logits and generation_logits are declared with the engine's
+    logits_dtype (pretrained_config.logits_dtype; float32 when the engine records none)."""
+    eng = tmp_path / "engines"
+    shutil.copytree(engines, eng)
+    data = json.loads((eng / "config.json").read_text())
+    if logits_dtype is not None:
+        data["pretrained_config"]["logits_dtype"] = logits_dtype
+    (eng / "config.json").write_text(json.dumps(data))
+    code, err = repo_main("--engine_dir", eng, "--tokenizer_dir", smollm2_dir, "--output_dir", tmp_path / "repo")
+    assert code == 0, err
+    outputs = {o.name: o.data_type for o in parse(tmp_path / "repo")["tensorrt_llm"].output}
+    assert outputs["context_logits"] == outputs["generation_logits"] == triton_type
+
+
 def test_the_ensemble_is_wired_consistently(engines, smollm2_dir, tmp_path):
     """Each step reads only ensemble inputs or earlier steps' outputs, with the models' own input
     and output names and matching data types; every ensemble output is produced."""

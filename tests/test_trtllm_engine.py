@@ -1,8 +1,10 @@
 """The TensorRT-LLM engine path end to end. Needs TensorRT-LLM 1.2.1 (TensorRT 10.x), a GPU to build
-and two GPUs plus mpirun to run; skipped with the reason otherwise. A tiny random 2-track model
-(fp16) is converted, built with scripts/build.py and with trtllm-build --model_cls_file, its network
-is inspected (exactly L/D AllReduce plugin layers under "block", 2L under "sublayer", no other
-collective), and `mpirun -n 2 scripts/run.py` on the engines gives the PyTorch runtime's tokens."""
+and two GPUs plus mpirun to run; skipped with the reason otherwise. Tiny random 2-track models
+(fp16, head size 32, with and without QK-norm) are converted, built with scripts/build.py and with
+trtllm-build --model_cls_file (each engine recording its schedule and merge_impl), their networks are
+inspected (exactly L/D AllReduce plugin layers under "block", 2L under "sublayer", no other
+collective, with either merge implementation), and `mpirun -n 2 scripts/run.py` on the engines gives
+the PyTorch runtime's tokens. scripts/trtllm_selftest.py runs a wider matrix the same way."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import REPO, make_pt_model
+from trtllm_models import ENGINE_TINY
 
 from pt_trtllm.convert.writer import convert
 from pt_trtllm.schedule import merges_per_forward
@@ -29,7 +32,7 @@ if not torch.cuda.is_available():
 
 BUILD, RUN = str(REPO / "scripts" / "build.py"), str(REPO / "scripts" / "run.py")
 MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
-PROMPTS = [[5, 17, 33, 2, 99, 100, 7], [400, 3, 3, 250, 11, 64, 1]]
+PROMPTS = [[5, 17, 33, 2, 90, 60, 7], [40, 3, 3, 25, 11, 64, 1]]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
        "PYTHONUNBUFFERED": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 SHAPES = ["--max_batch_size", "2", "--max_input_len", "16", "--max_seq_len", "32"]
@@ -41,11 +44,13 @@ def run(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO, check=False)
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """A random 2-track PT model (block schedule, combine_op residual_sum so that its sublayer
-    engine is its TP form) and its fp16 per-rank checkpoint."""
-    model = make_pt_model("tiny", seed=3, combine_op="residual_sum")
+@pytest.fixture(scope="session", params=[False, True], ids=["rope-in-plugin", "qk-norm-in-graph"])
+def tiny(request, tmp_path_factory):
+    """A random 2-track PT model of a supported head size (block schedule, combine_op residual_sum
+    so that its sublayer engine is its TP form; with and without QK-norm) and its fp16 per-rank
+    checkpoint."""
+    model = make_pt_model("tiny", seed=3, **ENGINE_TINY, combine_op="residual_sum", qk_norm=request.param,
+                          rope_style="gptj" if request.param else "neox")
     hf = tmp_path_factory.mktemp("hf")
     model.save_pretrained(hf)
     ckpt = tmp_path_factory.mktemp("ckpt") / "ckpt"
@@ -58,16 +63,17 @@ def engines(tiny, tmp_path_factory):
     """{schedule: engine dir} built by scripts/build.py from the same checkpoint."""
     _, ckpt = tiny
     out = {}
-    for schedule in ("block", "sublayer"):
+    for schedule, merge_impl in (("block", []), ("sublayer", ["--merge_impl", "allreduce_fused_norm"])):
         dst = tmp_path_factory.mktemp(f"engines_{schedule}")
         r = run([sys.executable, BUILD, "--checkpoint_dir", str(ckpt), "--output_dir", str(dst), "--schedule",
-                 schedule, "--gather_context_logits", "--output_timing_cache", str(dst / "model.cache"), *SHAPES])
+                 schedule, *merge_impl, "--gather_context_logits", "--output_timing_cache", str(dst / "model.cache"),
+                 *SHAPES])
         assert r.returncode == 0, r.stderr[-3000:]
         out[schedule] = dst
     return out
 
 
-def allreduce_layers(ckpt, schedule: str, monkeypatch) -> tuple[int, int]:
+def allreduce_layers(ckpt, schedule: str, merge_impl: str, monkeypatch) -> tuple[int, int]:
     """(AllReduce, AllGather) plugin layers of rank 0's network, built in this process with
     TensorRT-LLM's build() (dry run: the network, not the engine)."""
     from tensorrt_llm import builder
@@ -75,10 +81,8 @@ def allreduce_layers(ckpt, schedule: str, monkeypatch) -> tuple[int, int]:
 
     from pt_trtllm.trtllm.model import PTForCausalLM
 
-    data = json.loads((ckpt / "config.json").read_text())
-    config = PTForCausalLM.config_class(**{**data, "merge_schedule": schedule})
-    config.set_rank(0)
-    model = PTForCausalLM.from_checkpoint(str(ckpt), config=config)
+    config = PTForCausalLM.config_class.from_checkpoint(ckpt, schedule=schedule, merge_impl=merge_impl)
+    model = PTForCausalLM.from_checkpoint(str(ckpt), rank=0, config=config)  # as TensorRT-LLM's build_model
     counts = []
 
     def inspect(network):
@@ -96,21 +100,24 @@ def allreduce_layers(ckpt, schedule: str, monkeypatch) -> tuple[int, int]:
     return result
 
 
+@pytest.mark.parametrize("merge_impl", ["allreduce", "allreduce_fused_norm"])
 @pytest.mark.parametrize("schedule", ["block", "sublayer"])
-def test_the_network_holds_exactly_the_merges(tiny, schedule, monkeypatch):
+def test_the_network_holds_exactly_the_merges(tiny, schedule, merge_impl, monkeypatch):
     model, ckpt = tiny
     cfg = model.config
-    allreduces, allgathers = allreduce_layers(ckpt, schedule, monkeypatch)
+    allreduces, allgathers = allreduce_layers(ckpt, schedule, merge_impl, monkeypatch)
     expected = merges_per_forward(schedule, cfg.num_hidden_layers, cfg.block_depth)
     assert expected == (cfg.num_hidden_layers // cfg.block_depth if schedule == "block" else 2 * cfg.num_hidden_layers)
     assert (allreduces, allgathers) == (expected, 0)
 
 
-def test_build_writes_t_rank_engines_recording_their_schedule(tiny, engines):
+def test_build_writes_t_rank_engines_recording_their_schedule_and_merge_impl(tiny, engines):
     for schedule, path in engines.items():
         assert is_engine_dir(path) and sorted(p.name for p in path.glob("rank*.engine")) == ["rank0.engine",
                                                                                             "rank1.engine"]
-        assert json.loads((path / "config.json").read_text())["pretrained_config"]["merge_schedule"] == schedule
+        recorded = json.loads((path / "config.json").read_text())["pretrained_config"]
+        merge_impl = "allreduce_fused_norm" if schedule == "sublayer" else "allreduce"
+        assert (recorded["merge_schedule"], recorded["merge_impl"]) == (schedule, merge_impl)
 
 
 def test_trtllm_build_with_model_cls_file_builds_the_same_engines(tiny, tmp_path):
@@ -123,6 +130,8 @@ def test_trtllm_build_with_model_cls_file_builds_the_same_engines(tiny, tmp_path
              "--output_timing_cache", str(tmp_path / "model.cache"), *SHAPES])
     assert r.returncode == 0, r.stderr[-3000:]
     assert is_engine_dir(tmp_path / "e")
+    recorded = json.loads((tmp_path / "e" / "config.json").read_text())["pretrained_config"]
+    assert (recorded["merge_schedule"], recorded["merge_impl"]) == ("block", "allreduce")  # the checkpoint's
 
 
 def mpirun_run(engine_dir, tmp_path, *args: str) -> subprocess.CompletedProcess:

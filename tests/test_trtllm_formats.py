@@ -31,6 +31,7 @@ VARIANTS = {
     "odd-vocab-residual-sum": {"vocab_size": 511, "combine_op": "residual_sum", "merge_schedule": "sublayer",
                                "block_depth": 1},
     "four-tracks": {"num_tracks": 4, "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 510},
+    "qk-norm-gptj": {"qk_norm": True, "rope_style": "gptj"},
 }
 
 
@@ -57,6 +58,9 @@ def trtllm_declared_layout(data: dict) -> dict[str, tuple[int, ...]]:
         out[p + "input_layernorm.weight"] = (H,)
         out[p + "attention.qkv.weight"] = (tp * (heads + 2 * kv_heads) * d // tp, H)  # ColumnLinear
         out[p + "attention.dense.weight"] = (H, tp * heads * d // tp)  # RowLinear
+        if data["qk_norm"]:  # the QK-norm attention's RmsNorm(head_size) of q and of k
+            out[p + "attention.q_layernorm.weight"] = (d,)
+            out[p + "attention.k_layernorm.weight"] = (d,)
         out[p + "post_layernorm.weight"] = (H,)
         out[p + "mlp.fc.weight"] = (ffn // tp, H)
         out[p + "mlp.gate.weight"] = (ffn // tp, H)
@@ -88,6 +92,7 @@ def test_config_json_is_the_translation_of_every_pt_field(converted):
     assert data["position_embedding_type"] == {"neox": "rope_gpt_neox", "gptj": "rope_gptj"}[cfg.rope_style]
     assert data["rotary_base"] == cfg.rope_theta
     assert data["quantization"] == {"quant_algo": None, "kv_cache_quant_algo": None}
+    assert data["merge_impl"] == "allreduce"  # how a served rank merges: the one unfused all-reduce
     # and every PT field under its spec name; the network definition reads them back
     assert check_rank_config(data).pt_dict() == cfg.pt_dict()
 
@@ -118,6 +123,7 @@ def test_padded_vocab_is_the_runtime_logits_width():
     ("position_embedding_type", "rope_gptj", "position_embedding_type"),
     ("rotary_base", 500000.0, "rotary_base"),
     ("norm_epsilon", 1e-6, "norm_epsilon"),
+    ("merge_impl", "fused", "merge_impl"),
 ])
 def test_a_config_whose_trtllm_fields_contradict_its_pt_fields_is_refused(key, value, named):
     data = rank_config(PTConfig.from_preset("tiny"), "float16")

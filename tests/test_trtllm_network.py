@@ -1,403 +1,150 @@
-"""The network definition (pt_trtllm/trtllm/{config,model}.py) executed here, without TensorRT-LLM,
-against a small stand-in of the TensorRT-LLM names it uses. The stand-in reproduces, from the 1.2.x
-source (docs/trtllm.md lists the files), the signatures (keyword names included, so a misspelled or
-missing argument fails), how layers size their weights at tp_size = T, when a layer would insert a
-collective (only with a tp_group), PretrainedConfig's construction and to_dict, and
-PretrainedModel.load's name and shape checks. Tensors are symbolic: each records the operation
-that made it, so a test can read the merge arithmetic and count the AllReduce nodes.
+"""The network definition (pt_trtllm/trtllm/{config,merges,attention,model}.py) made and inspected
+here, without TensorRT-LLM, against the stand-in of the TensorRT-LLM names it uses
+(tests/trtllm_standin.py: signatures, sizing and semantics as in the 1.2.x source). Each rank's
+network is made the way TensorRT-LLM's build_model makes it, `PTForCausalLM.from_checkpoint(ckpt_dir,
+rank=..., config=...)`, with the config of `PTPretrainedConfig.from_checkpoint` (scripts/build.py)
+or `PretrainedConfig.from_json_file` (trtllm-build): the configs it is refused for, the weights it
+declares, the layers it is made of, the merge seam, and the build settings refused when the inputs
+are prepared. tests/test_trtllm_numeric.py runs the networks against the PyTorch model.
 
-What this cannot show (tests/test_trtllm_engine.py does, where TensorRT-LLM is installed): that
-TensorRT builds the network and the runtime's outputs match the PyTorch runtime.
+What this cannot show (tests/test_trtllm_engine.py and scripts/trtllm_selftest.py do, where
+TensorRT-LLM is installed): that TensorRT builds the network and the runtime's outputs match.
 """
 
 from __future__ import annotations
 
-import enum
-import importlib
+import inspect
 import json
+import shutil
 import sys
-import types
 
 import pytest
 import torch
+import trtllm_standin as standin
 from safetensors.torch import load_file
-
-from pt_trtllm.convert.writer import convert
-from pt_trtllm.formats import padded_vocab_size
-from pt_trtllm.schedule import merges_per_forward
-
-NETWORK_MODULES = ("pt_trtllm.trtllm.config", "pt_trtllm.trtllm.model")
-
-
-# ---- the stand-in -------------------------------------------------------------------------------
-class Sym:
-    """A symbolic tensor: the operation that produced it and its operands."""
-
-    def __init__(self, op, *args):
-        self.op, self.args = op, args
-
-    def __add__(self, other):
-        return Sym("add", self, other)
-
-    def __sub__(self, other):
-        return Sym("sub", self, other)
-
-    def __mul__(self, other):
-        return Sym("mul", self, other)
-
-    def __repr__(self):
-        return f"{self.op}({', '.join(map(repr, self.args))})"
-
-
-class Parameter:
-    def __init__(self, shape):
-        self.shape, self.value = tuple(shape), None
-
-
-class Module:
-    def __init__(self):
-        object.__setattr__(self, "_modules", {})
-        object.__setattr__(self, "_parameters", {})
-
-    def __setattr__(self, name, value):
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
-        else:
-            object.__setattr__(self, name, value)
-
-    def __getattr__(self, name):
-        for store in ("_parameters", "_modules"):
-            found = self.__dict__.get(store, {})
-            if name in found:
-                return found[name]
-        raise AttributeError(name)
-
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
-
-    def named_parameters(self, prefix=""):
-        for name, param in self._parameters.items():
-            yield prefix + name, param
-        for name, module in self._modules.items():
-            yield from module.named_parameters(f"{prefix}{name}.")
-
-    def named_modules(self, prefix=""):
-        yield prefix, self
-        for name, module in self._modules.items():
-            yield from module.named_modules(f"{prefix}{name}.")
-
-
-class ModuleList(Module):
-    def __init__(self, modules):
-        super().__init__()
-        for i, module in enumerate(modules):
-            self._modules[str(i)] = module
-
-    def __getitem__(self, idx):
-        return self._modules[str(idx)]
-
-    def __len__(self):
-        return len(self._modules)
-
-
-class Linear(Module):  # layers/linear.py: ColumnLinear = Linear
-    def __init__(self, in_features, out_features, bias=True, dtype=None, tp_group=None, tp_size=1,
-                 gather_output=True, share_weight=None, strict_dtype=False, pad_lda=0, pad_ldc=0,
-                 prefer_managed_weight=True, is_qkv=False):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features // tp_size
-        self.weight = Parameter((self.out_features, in_features))
-        if bias:
-            self.bias = Parameter((self.out_features,))
-        self.collective = gather_output and tp_size > 1 and tp_group is not None  # the allgather
-
-    def forward(self, x, lora_runtime_params=None):
-        return Sym("linear", x)
-
-
-class RowLinear(Module):
-    def __init__(self, in_features, out_features, bias=True, dtype=None, tp_group=None, tp_size=1,
-                 strict_dtype=False, pad_lda=0, prefer_managed_weight=True, is_expert=False):
-        super().__init__()
-        self.weight = Parameter((out_features, in_features // tp_size))
-        if bias:
-            self.bias = Parameter((out_features,))
-        self.collective = tp_size > 1 and tp_group is not None  # the allreduce of collect_and_bias
-
-    def forward(self, x, lora_runtime_params=None, all_reduce_params=None):
-        return Sym("linear", x)
-
-
-class RmsNorm(Module):
-    def __init__(self, normalized_shape, num_groups=1, eps=1e-06, elementwise_affine=True, dtype=None):
-        super().__init__()
-        self.weight = Parameter((normalized_shape,))
-        self.eps = eps
-
-    def forward(self, x, normalized_shape=None):
-        return Sym("rmsnorm", x, id(self))
-
-
-class Embedding(Module):
-    def __init__(self, num_embeddings, embedding_dim, dtype=None, tp_size=1, tp_group=None, sharding_dim=0,
-                 tp_rank=None):
-        super().__init__()
-        self.weight = Parameter((num_embeddings, embedding_dim))
-
-    def forward(self, x):
-        return Sym("embedding", x)
-
-
-class Attention(Module):  # layers/attention.py, the constructor's keyword names as in 1.2.x
-    def __init__(self, *, local_layer_idx, hidden_size, num_attention_heads, num_kv_heads=None,
-                 max_position_embeddings=1024, num_layers=1, apply_query_key_layer_scaling=False,
-                 attention_head_size=None, qk_layernorm=False, layernorm_type=None, layernorm_share=True,
-                 inner_layernorm=False, eps=1e-05, attention_mask_type=None, bias=True, dtype=None,
-                 position_embedding_type=None, rotary_embedding_base=10000.0, rotary_embedding_base_local=1.0,
-                 rotary_embedding_scaling=None, rotary_embedding_percentage=1.0, rope_scaling_short_factors=None,
-                 rope_scaling_long_factors=None, rope_scaling_short_mscale=None, rope_scaling_long_mscale=None,
-                 original_max_position_embeddings=1024, tp_group=None, tp_size=1, tp_rank=0, quant_mode=None,
-                 q_scaling=1.0, cross_attention=False, relative_attention=False, max_distance=0, num_buckets=0,
-                 dense_bias=None, clip_qkv=None, alibi_bias_max=8, skip_cross_kv=False, max_attn_value=0.0,
-                 block_sparse_params=None, use_implicit_relative_attention=False, reorder=False, enable_qkv=True,
-                 cp_group=None, cp_size=1, cp_rank=0, max_seqlen_for_logn_scaling=8192, use_logn_scaling=False,
-                 is_local=False):
-        super().__init__()
-        head = attention_head_size or hidden_size // num_attention_heads
-        heads, kv_heads = num_attention_heads // tp_size, (num_kv_heads + tp_size - 1) // tp_size
-        self.qkv = Linear(hidden_size, tp_size * (heads + 2 * kv_heads) * head, bias=bias, tp_group=tp_group,
-                          tp_size=tp_size, gather_output=False, is_qkv=True)
-        self.dense = RowLinear(tp_size * heads * head, hidden_size, bias=bias, tp_group=tp_group, tp_size=tp_size)
-        self.settings = {"local_layer_idx": local_layer_idx, "head": head, "heads": heads, "kv_heads": kv_heads,
-                         "mask": attention_mask_type, "rope": position_embedding_type,
-                         "base": rotary_embedding_base, "qk_layernorm": qk_layernorm, "q_scaling": q_scaling}
-
-    def forward(self, hidden_states, attention_mask=None, attention_packed_mask=None, use_cache=False,
-                spec_decoding_params=None, mrope_params=None, kv_cache_params=None, attention_params=None,
-                encoder_output=None, position_embedding=None, norm_before_bmm1=False, lora_layer_params=None,
-                cross_kv_cache_gen=None, cross_kv_reuse=None, all_reduce_params=None, skip_attn=None):
-        out = Sym("attention", hidden_states, kv_cache_params.past_key_value[0])
-        return (out, Sym("present", out)) if use_cache else out
-
-
-class GatedMLP(Module):
-    def __init__(self, hidden_size, ffn_hidden_size, hidden_act, bias=True, dtype=None, tp_group=None, tp_size=1,
-                 quant_mode=None, inner_layernorm=False, eps=1e-05, is_expert=False):
-        super().__init__()
-        self.fc = Linear(hidden_size, ffn_hidden_size, bias=bias, tp_group=tp_group, tp_size=tp_size,
-                         gather_output=False)
-        self.proj = RowLinear(ffn_hidden_size, hidden_size, bias=bias, tp_group=tp_group, tp_size=tp_size)
-        self.gate = Linear(hidden_size, ffn_hidden_size, bias=bias, tp_group=tp_group, tp_size=tp_size,
-                           gather_output=False)
-        self.hidden_act = hidden_act
-
-    def forward(self, hidden_states, lora_layer_params=None, all_reduce_params=None):
-        return Sym("mlp", hidden_states)
-
-
-class KeyValueCacheParams:
-    def __init__(self, past_key_value=None, host_past_key_value_lengths=None, host_max_attention_window_sizes=None,
-                 host_sink_token_length=None, kv_cache_block_offsets=None, host_kv_cache_block_offsets=None,
-                 host_kv_cache_pool_pointers=None, host_kv_cache_pool_mapping=None, cache_indirection=None,
-                 past_key_value_length=None, cross_kv_cache_block_offsets=None,
-                 host_cross_kv_cache_block_offsets=None, host_cross_kv_cache_pool_pointers=None,
-                 host_cross_kv_cache_pool_mapping=None):
-        self.past_key_value = past_key_value
-        self.host_past_key_value_lengths = host_past_key_value_lengths
-        self.host_max_attention_window_sizes = host_max_attention_window_sizes
-        self.host_sink_token_length = host_sink_token_length
-        self.kv_cache_block_offsets = kv_cache_block_offsets
-        self.host_kv_cache_block_offsets = host_kv_cache_block_offsets
-        self.host_kv_cache_pool_pointers = host_kv_cache_pool_pointers
-        self.host_kv_cache_pool_mapping = host_kv_cache_pool_mapping
-        self.cache_indirection = cache_indirection
-
-    def fill_none_tensor_list(self, list_size):
-        if self.past_key_value is None:
-            self.past_key_value = tuple([None] * list_size)
-
-
-class AttentionMaskType(enum.IntEnum):
-    padding = 0
-    causal = 1
-
-
-class PositionEmbeddingType(enum.IntEnum):
-    learned_absolute = 0
-    rope_gptj = 1
-    rope_gpt_neox = 2
-
-    def __str__(self):
-        return self.name
-
-    @staticmethod
-    def from_string(s):
-        return PositionEmbeddingType[s]
-
-
-class AllReduceParams:
-    def __init__(self, strategy=3, fusion_op=0, bias=None, residual=None, norm_weight=None, scale=None,
-                 norm_pre_residual_weight=None, eps=1e-06, enable_allreduce=True, trigger_completion_at_end=True):
-        self.strategy, self.fusion_op = strategy, fusion_op
-
-
-ALLREDUCES: list = []  # (group, params) of every allreduce() node added
-
-
-def allreduce(tensor, group, all_reduce_params=None):
-    ALLREDUCES.append((list(group), all_reduce_params))
-    return Sym("allreduce", tensor)
-
-
-class Mapping:
-    def __init__(self, world_size=1, rank=0, gpus_per_node=8, *, cp_size=1, cp_config=None, tp_size=1, pp_size=1,
-                 moe_cluster_size=-1, moe_tp_size=-1, moe_ep_size=-1, attn_tp_size=-1, attn_cp_size=-1,
-                 auto_parallel=False, enable_attention_dp=False):
-        if tp_size * pp_size * cp_size != world_size:
-            raise ValueError("world_size must equal to tp_size * pp_size * cp_size")
-        self.world_size, self.rank, self.tp_size, self.pp_size, self.cp_size = world_size, rank, tp_size, pp_size, cp_size
-
-    @property
-    def tp_rank(self):
-        return self.rank % self.tp_size
-
-    @property
-    def tp_group(self):
-        first = self.rank // self.tp_size * self.tp_size
-        return list(range(first, first + self.tp_size))
-
-    def to_dict(self):
-        return {"world_size": self.world_size, "rank": self.rank, "gpus_per_node": 8, "cp_size": self.cp_size,
-                "tp_size": self.tp_size, "pp_size": self.pp_size}
-
-
-class QuantConfig:
-    def __init__(self, quant_algo=None, kv_cache_quant_algo=None, **rest):
-        self.quant_algo, self.kv_cache_quant_algo = quant_algo, kv_cache_quant_algo
-
-    def to_dict(self):
-        return {"quant_algo": self.quant_algo, "kv_cache_quant_algo": self.kv_cache_quant_algo, "group_size": 128}
-
-
-class PretrainedConfig:  # models/modeling_utils.py: the constructor and to_dict
-    def __init__(self, *, architecture, dtype, hidden_size, num_hidden_layers, num_attention_heads, vocab_size=None,
-                 hidden_act="gelu", logits_dtype="float32", norm_epsilon=1e-5,
-                 position_embedding_type=PositionEmbeddingType.learned_absolute, max_position_embeddings=None,
-                 rotary_embedding_dim=None, num_key_value_heads=None, intermediate_size=None, mapping=None,
-                 quantization=None, use_parallel_embedding=False, embedding_sharding_dim=0, head_size=None,
-                 qk_layernorm=False, runtime_defaults=None, **kwargs):
-        self.architecture, self.dtype, self.vocab_size = architecture, dtype, vocab_size
-        self.hidden_size, self.num_hidden_layers = hidden_size, num_hidden_layers
-        self.num_attention_heads, self.hidden_act = num_attention_heads, hidden_act
-        self.logits_dtype, self.norm_epsilon, self.runtime_defaults = logits_dtype, norm_epsilon, runtime_defaults
-        if isinstance(position_embedding_type, str):
-            position_embedding_type = PositionEmbeddingType.from_string(position_embedding_type)
-        self.position_embedding_type = position_embedding_type
-        self.num_key_value_heads = num_key_value_heads or num_attention_heads
-        self.intermediate_size = intermediate_size or hidden_size * 4
-        self.max_position_embeddings = max_position_embeddings
-        self.mapping = Mapping(**mapping) if isinstance(mapping, dict) else (mapping or Mapping())
-        self.quantization = QuantConfig(**quantization) if isinstance(quantization, dict) else QuantConfig()
-        self.use_parallel_embedding, self.embedding_sharding_dim = use_parallel_embedding, embedding_sharding_dim
-        self.head_size = head_size or hidden_size // num_attention_heads
-        self.qk_layernorm = qk_layernorm
-        self.rotary_embedding_dim = rotary_embedding_dim or self.head_size
-        for key, value in kwargs.items():
-            setattr(self, key, value)
-
-    def to_dict(self):
-        out = dict(self.__dict__)
-        out["position_embedding_type"] = str(self.position_embedding_type)
-        out["mapping"] = self.mapping.to_dict()
-        out["mapping"].pop("rank")
-        out["quantization"] = self.quantization.to_dict()
-        return out
-
-    def set_rank(self, rank):
-        self.mapping.rank = rank
-
-    @property
-    def quant_mode(self):
-        return "QuantMode(0)"
-
-
-class DecoderModelForCausalLM(Module):
-    def __init__(self, config, transformer, lm_head):
-        super().__init__()
-        self.config = config
-        self.transformer = transformer
-        self.lm_head = lm_head
-
-    def load(self, weights, from_pruned=False):  # PretrainedModel.load: every parameter, its exact shape
-        required = {name for name, _ in self.named_parameters()}
-        if not required <= set(weights):
-            raise RuntimeError(f"Required but not provided tensors:{required - set(weights)}")
-        for name, param in self.named_parameters():
-            assert tuple(weights[name].shape) == param.shape, f"{name}: {tuple(weights[name].shape)} vs {param.shape}"
-            param.value = weights[name]
+from trtllm_models import engine_checkpoint, one_torch_thread, tamm_engine_checkpoint  # noqa: F401 (autouse fixture)
+from trtllm_standin import ALLREDUCES, AllReduceFusionOp, AllReduceStrategy, Linear, RowLinear, Tensor
+
+import pt_trtllm.merge
+from pt_trtllm.formats import CheckpointError
+from pt_trtllm.merge import MERGE_IMPLS
+from pt_trtllm.trtllm.support import MMHA_HEAD_SIZES
 
 
 @pytest.fixture
 def trt(monkeypatch):
     """The network-definition modules imported against the stand-in; yields the model module."""
-    def module(name, **attrs):
-        mod = types.ModuleType(name)
-        mod.__dict__.update(attrs)
-        monkeypatch.setitem(sys.modules, name, mod)
-        return mod
-
-    module("tensorrt_llm")
-    module("tensorrt_llm.functional", AllReduceParams=AllReduceParams, allreduce=allreduce)
-    module("tensorrt_llm.layers", Attention=Attention, AttentionMaskType=AttentionMaskType, ColumnLinear=Linear,
-           Embedding=Embedding, GatedMLP=GatedMLP, KeyValueCacheParams=KeyValueCacheParams, RmsNorm=RmsNorm)
-    module("tensorrt_llm.models", MODEL_MAP={})
-    module("tensorrt_llm.models.modeling_utils", PretrainedConfig=PretrainedConfig,
-           DecoderModelForCausalLM=DecoderModelForCausalLM)
-    module("tensorrt_llm.module", Module=Module, ModuleList=ModuleList)
-    for name in NETWORK_MODULES:
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    ALLREDUCES.clear()
-    yield importlib.import_module("pt_trtllm.trtllm.model")
-    for name in NETWORK_MODULES:
-        sys.modules.pop(name, None)
-
-
-def rank_model(trt, ckpt, rank, **changes):
-    data = {**json.loads((ckpt / "config.json").read_text()), **changes}
-    config = trt.PTForCausalLM.config_class(**data)
-    config.set_rank(rank)
-    return trt.PTForCausalLM(config)
-
-
-def forward(model, use_cache=True):
-    kv = KeyValueCacheParams(past_key_value=[Sym(f"past{layer}") for layer in range(model.config.num_hidden_layers)])
-    return model.transformer.forward(Sym("input_ids"), Sym("position_ids"), use_cache=use_cache,
-                                     kv_cache_params=kv, attention_params=Sym("attention_params"))
+    yield standin.install(monkeypatch)
+    standin.uninstall()
 
 
 @pytest.fixture
-def make_ckpt(pt_checkpoint_factory, tmp_path):
+def make_ckpt(tmp_path):
+    """`make(**overrides) -> per-rank checkpoint dir` of the engine test model with overrides."""
     def make(**overrides):
-        dst = tmp_path / f"ckpt{len(list(tmp_path.iterdir()))}"
-        convert(pt_checkpoint_factory("tiny", **overrides), dst, dtype="float16", progress=False)
-        return dst
+        return engine_checkpoint(tmp_path / f"m{len(list(tmp_path.iterdir()))}", **overrides)[1]
     return make
 
 
-# ---- the tests ----------------------------------------------------------------------------------
+def rank_model(trt, ckpt, rank, **overrides):
+    """Rank `rank`'s network as scripts/build.py makes it: the config of
+    PTPretrainedConfig.from_checkpoint (overrides: schedule, merge_impl), then TensorRT-LLM's
+    build_model call, PTForCausalLM.from_checkpoint(ckpt_dir, config=rank config)."""
+    config = trt.PTForCausalLM.config_class.from_checkpoint(ckpt, **overrides)
+    return trt.PTForCausalLM.from_checkpoint(str(ckpt), rank=rank, config=config)
+
+
+def edit_config(ckpt, drop=(), **changes):
+    """Rewrite the checkpoint's config.json with `changes` and without the fields in `drop`."""
+    path = ckpt / "config.json"
+    data = {k: v for k, v in json.loads(path.read_text()).items() if k not in drop}
+    path.write_text(json.dumps({**data, **changes}))
+
+
+# ---- the config --------------------------------------------------------------------------------
 def test_importing_registers_the_model_and_its_config_class(trt):
     assert sys.modules["tensorrt_llm.models"].MODEL_MAP["PTForCausalLM"] is trt.PTForCausalLM
     assert trt.PTForCausalLM.config_class.__name__ == "PTPretrainedConfig"
 
 
-@pytest.mark.parametrize("overrides", [
-    {}, {"vocab_size": 511, "tie_word_embeddings": True},
-    {"rope_style": "gptj", "track_dispatch_norm": True, "track_combine_norm": True},
-    {"num_tracks": 4, "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 510},
-], ids=["tiny", "odd-vocab-tied", "gptj-norms", "four-tracks"])
-def test_each_rank_declares_and_loads_exactly_its_converted_rank_file(trt, make_ckpt, overrides):
+def test_trtllm_build_reads_the_config_through_model_map(trt, make_ckpt):
+    """trtllm-build calls PretrainedConfig.from_json_file, which finds PTPretrainedConfig through
+    MODEL_MAP: it gets the same config as scripts/build.py, every PT field an attribute."""
+    ckpt = make_ckpt(track_dispatch_norm=True, rope_style="gptj", qk_norm=True)
+    config = standin.PretrainedConfig.from_json_file(str(ckpt / "config.json"))
+    assert type(config) is trt.PTForCausalLM.config_class
+    assert config.to_dict() == trt.PTForCausalLM.config_class.from_checkpoint(ckpt).to_dict()
+    assert (config.num_tracks, config.block_depth, config.num_blocks, config.head_dim) == (2, 1, 2, 32)
+    assert (config.rope_style, config.qk_norm, config.track_dispatch_norm) == ("gptj", True, True)
+    assert config.rotary_base == config.rope_theta == 10000.0 and config.merge_impl == "allreduce"
+
+
+@pytest.mark.parametrize("changes, drop, named", [
+    ({"head_size": 8}, (), "head_size"),
+    ({}, ("block_depth",), r"lacks the PT fields \['block_depth'\]"),
+    ({}, ("hidden_size", "qk_norm"), r"lacks the PT fields \['hidden_size', 'qk_norm'\]"),
+    ({"merge_impl": "fused"}, (), "merge_impl='fused'"),
+    ({"merge_schedule": "none"}, (), "none"),
+], ids=["contradicting", "no-block-depth", "no-pt-fields", "unknown-merge-impl", "none-schedule"])
+def test_a_config_json_the_engine_cannot_be_built_from_is_refused_by_name(trt, make_ckpt, changes, drop, named):
+    ckpt = make_ckpt()
+    edit_config(ckpt, drop, **changes)
+    with pytest.raises(ValueError, match=named):  # scripts/build.py
+        trt.PTForCausalLM.config_class.from_checkpoint(ckpt)
+    with pytest.raises(ValueError, match=named):  # trtllm-build
+        standin.PretrainedConfig.from_json_file(str(ckpt / "config.json"))
+
+
+@pytest.mark.parametrize("overrides, merge_impl, message", [
+    ({"head_dim": 16}, None, "head_dim=16 is not supported by TensorRT-LLM's GPT attention plugin, whose generation "
+                             "kernels take head sizes " + ", ".join(map(str, MMHA_HEAD_SIZES))),
+    ({"num_tracks": 3, "num_attention_heads": 3, "num_key_value_heads": 3, "intermediate_size": 96}, None,
+     "hidden_size=64 is not a multiple of num_tracks=3: TensorRT-LLM's C++ runtime divides hidden_size by tp_size"),
+    ({"hidden_size": 68}, "allreduce_fused_norm", "merge_impl='allreduce_fused_norm' needs hidden_size % 8 == 0"),
+], ids=["head-size", "hidden-size-over-tracks", "fused-norm-vector"])
+def test_a_model_the_engine_cannot_run_is_refused_with_both_numbers(trt, make_ckpt, overrides, merge_impl, message):
+    ckpt = make_ckpt(**overrides)
+    with pytest.raises(ValueError) as refused:  # scripts/build.py
+        trt.PTForCausalLM.config_class.from_checkpoint(ckpt, merge_impl=merge_impl)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+    if merge_impl is None:
+        with pytest.raises(ValueError, match=message.split(":")[0]):  # trtllm-build
+            standin.PretrainedConfig.from_json_file(str(ckpt / "config.json"))
+
+
+def test_from_checkpoint_refuses_what_is_not_a_per_rank_checkpoint(trt, make_ckpt, tmp_path):
+    with pytest.raises(CheckpointError, match=r"not found \(is --checkpoint_dir a per-rank checkpoint\?\)"):
+        trt.PTForCausalLM.config_class.from_checkpoint(tmp_path / "missing")
+    ckpt = make_ckpt()
+    edit_config(ckpt, architecture="LlamaForCausalLM")
+    with pytest.raises(CheckpointError, match="'LlamaForCausalLM' is not PTForCausalLM"):
+        trt.PTForCausalLM.config_class.from_checkpoint(ckpt)
+
+
+def test_the_engine_config_records_the_schedule_and_merge_impl_it_was_built_with(trt, make_ckpt):
+    ckpt = make_ckpt(combine_op="residual_sum")  # a block checkpoint, built as its TP baseline
+    edit_config(ckpt, drop=("merge_impl",))  # written before the field existed
+    config = trt.PTForCausalLM.config_class.from_checkpoint(ckpt)
+    assert (config.merge_schedule, config.merge_impl) == ("block", "allreduce")  # the default
+    config = trt.PTForCausalLM.config_class.from_checkpoint(ckpt, schedule="sublayer",
+                                                            merge_impl="allreduce_fused_norm")
+    recorded = config.to_dict()  # what the engine's config.json records as pretrained_config
+    assert (recorded["merge_schedule"], recorded["merge_impl"]) == ("sublayer", "allreduce_fused_norm")
+    assert json.loads((ckpt / "config.json").read_text())["merge_schedule"] == "block"  # the checkpoint is kept
+    edit_config(ckpt, merge_impl="allreduce_fused_norm")  # what trtllm-build --model_cls_file reads
+    model = trt.PTForCausalLM.from_checkpoint(str(ckpt), rank=0)
+    assert type(model.transformer.merge).__name__ == "FusedNormAllReduceMerge"
+
+
+# ---- the layers --------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, lm_rows", [
+    ({}, 98),
+    ({"vocab_size": 96, "tie_word_embeddings": True}, 96),
+    ({"qk_norm": True, "rope_style": "gptj", "track_dispatch_norm": True, "track_combine_norm": True}, 98),
+    ({"num_tracks": 4, "num_attention_heads": 8, "num_key_value_heads": 4, "intermediate_size": 256}, 100),
+], ids=["base", "tied", "qk-norm-track-norms", "four-tracks"])
+def test_each_rank_declares_and_loads_exactly_its_converted_rank_file(trt, make_ckpt, overrides, lm_rows):
+    """lm_rows: the logits width the runtime expects of a T-rank engine, ceil(V / T) * T, by hand."""
     ckpt = make_ckpt(**overrides)
     data = json.loads((ckpt / "config.json").read_text())
     for rank in range(data["num_tracks"]):
@@ -405,108 +152,204 @@ def test_each_rank_declares_and_loads_exactly_its_converted_rank_file(trt, make_
         stored = load_file(ckpt / f"rank{rank}.safetensors")
         declared = dict(model.named_parameters())
         assert set(declared) == set(stored), f"rank {rank}: names differ"
-        vocab, padded = data["vocab_size"], padded_vocab_size(model.config.pt_config())
         for name, param in declared.items():
-            want = (padded, data["hidden_size"]) if name == "lm_head.weight" else tuple(stored[name].shape)
+            want = (lm_rows, data["hidden_size"]) if name == "lm_head.weight" else tuple(stored[name].shape)
             assert param.shape == want, f"rank {rank} {name}: declared {param.shape}, expected {want}"
         model.load(stored)
-        head = torch.as_tensor(declared["lm_head.weight"].value)
+        head = declared["lm_head.weight"].raw_value
+        vocab = data["vocab_size"]
         assert torch.equal(head[:vocab], stored["lm_head.weight"]) and not head[vocab:].any()
         # every per-track layer holds one track and emits no collective
         layers = [m for _, m in model.named_modules() if isinstance(m, (Linear, RowLinear))]
         assert layers and not any(m.collective for m in layers)
 
 
-def test_attention_settings_follow_the_config(trt, make_ckpt):
-    ckpt = make_ckpt(rope_style="gptj", rope_theta=500000.0)
-    cfg = rank_model(trt, ckpt, 1).config.pt_config()
-    model = rank_model(trt, ckpt, 1)
-    for layer in range(cfg.num_hidden_layers):
-        s = model.transformer.layers[layer].attention.settings
-        assert s == {"local_layer_idx": layer, "head": cfg.head_dim, "heads": cfg.heads_per_track,
-                     "kv_heads": cfg.kv_heads_per_track, "mask": AttentionMaskType.causal,
-                     "rope": PositionEmbeddingType.rope_gptj, "base": 500000.0, "qk_layernorm": False,
-                     "q_scaling": 1.0}
+def test_the_tamm_to_engine_contract(trt, tmp_path):
+    """A tamm checkpoint (QK-norm, gptj, d = 32) converts to rank files holding exactly the names
+    and shapes the network declares for rank t, q/k norms included, and the engine accepts it.
+    (tests/test_trtllm_numeric.py runs it against tamm's own logits.)"""
+    _, ckpt = tamm_engine_checkpoint(tmp_path)
+    config = trt.PTForCausalLM.config_class.from_checkpoint(ckpt)  # check_supported runs here
+    assert (config.qk_norm, config.rope_style, config.head_dim) == (True, "gptj", 32)
+    for rank in range(config.num_tracks):
+        model = rank_model(trt, ckpt, rank)
+        stored = load_file(ckpt / f"rank{rank}.safetensors")
+        declared = {name: p.shape for name, p in model.named_parameters() if name != "lm_head.weight"}
+        assert declared == {name: tuple(t.shape) for name, t in stored.items() if name != "lm_head.weight"}
+        assert declared["transformer.layers.0.attention.q_layernorm.weight"] == (32,)
+        assert declared["transformer.layers.0.attention.k_layernorm.weight"] == (32,)
+
+
+def test_attention_layers_follow_the_config(trt, make_ckpt):
+    """Without QK-norm: TensorRT-LLM's Attention with RoPE in the plugin (the style's position
+    embedding, base rope_theta). With QK-norm: the QK-norm attention, whose plugin call has no RoPE
+    (learned_absolute, rotary dimension 0), its own q/k RmsNorms of the head size and
+    norm_epsilon, and the RoPE table of rope_theta."""
+    model = rank_model(trt, make_ckpt(rope_style="gptj", rope_theta=500000.0), 1)
+    for layer in range(2):
+        attention = model.transformer.layers[layer].attention
+        assert type(attention) is standin.Attention and attention.local_layer_idx == layer
+        assert (attention.num_attention_heads, attention.num_attention_kv_heads, attention.attention_head_size) \
+            == (2, 1, 32)
+        assert attention.position_embedding_type == standin.PositionEmbeddingType.rope_gptj
+        assert (attention.rotary_embedding_base, attention.rotary_embedding_dim) == (500000.0, 32)
+    assert model.transformer.rotary is None
+    model = rank_model(trt, make_ckpt(qk_norm=True, rope_style="neox", rope_theta=500000.0), 0)
+    attention = model.transformer.layers[1].attention
+    assert type(attention).__name__ == "QKNormAttention" and attention.local_layer_idx == 1
+    assert attention.position_embedding_type == standin.PositionEmbeddingType.learned_absolute
+    assert attention.rotary_embedding_dim == 0 and attention.rope_type == standin.PositionEmbeddingType.rope_gpt_neox
+    for norm in (attention.q_layernorm, attention.k_layernorm):
+        assert norm.weight.shape == (32,) and norm.eps == model.config.norm_epsilon == 1e-2
+    table = model.transformer.rotary.table  # [max_position_embeddings, d]: sin | cos of theta 500000
+    assert table.shape == (64, 32) and float(table[1, 0]) == pytest.approx(torch.tensor(1.0).sin().item())
+    assert float(table[1, 15]) == pytest.approx(torch.tensor(500000.0 ** (-30 / 32)).sin().item(), rel=1e-5)
     assert model.transformer.layers[0].mlp.hidden_act == "silu"
 
 
-@pytest.mark.parametrize("schedule, combine_op", [("block", "mean"), ("block", "sum"), ("block", "residual_sum"),
-                                                  ("sublayer", "residual_sum"), ("sublayer", "mean")])
-def test_one_allreduce_per_merge_of_the_schedule(trt, make_ckpt, schedule, combine_op):
-    ckpt = make_ckpt(combine_op=combine_op, merge_schedule=schedule)
-    model = rank_model(trt, ckpt, 0)
-    cfg = model.config.pt_config()
-    hidden, presents = forward(model)
-    expected = merges_per_forward(schedule, cfg.num_hidden_layers, cfg.block_depth)
-    assert expected == (cfg.num_blocks if schedule == "block" else 2 * cfg.num_hidden_layers)
-    assert len(ALLREDUCES) == expected
-    assert all(group == [0, 1] for group, _ in ALLREDUCES)
-    assert len({id(params) for _, params in ALLREDUCES}) == expected  # a fresh AllReduceParams each
-    assert hidden.op == "rmsnorm" and len(presents) == cfg.num_hidden_layers
-    assert all(p.op == "present" for p in presents)
+# ---- the merge seam ----------------------------------------------------------------------------
+def test_the_merges_have_the_interface_of_pt_trtllm_merge(trt):
+    """merged, normed = merge(x, hs, norm=None), as pt_trtllm.merge: the same class names and
+    parameters, normed = norm(merged) when a norm is given and None without one, for every
+    merge_impl; one track merges with itself (no node)."""
+    merges = sys.modules["pt_trtllm.trtllm.merges"]
+    assert set(merges.MERGES) == set(MERGE_IMPLS)  # every merge_impl has its network merge
+    for impl in MERGE_IMPLS:  # and the PyTorch runtime serves every one (unfused)
+        assert type(pt_trtllm.merge.make_merge(impl, "mean", 2, comm=None)) is pt_trtllm.merge.AllReduceMerge
+    assert merges.Merge.__name__ == pt_trtllm.merge.Merge.__name__
+    assert issubclass(merges.AllReduceMerge, merges.Merge) and merges.AllReduceMerge.__name__ == "AllReduceMerge"
+    params = list(inspect.signature(merges.Merge.__call__).parameters)
+    assert params == list(inspect.signature(pt_trtllm.merge.Merge.forward).parameters) == ["self", "x", "hs", "norm"]
+    norm = standin.RmsNorm(8, eps=0.01, dtype="float32")
+    norm.weight.value = 1 + 0.1 * torch.randn(8)
+    x, hs = Tensor(torch.randn(3, 8)), [Tensor(torch.randn(3, 8)) for _ in range(2)]
+    for impl in MERGE_IMPLS:
+        def merge_on(rank, impl=impl):
+            merge = merges.make_merge(impl, "mean", 2, [0, 1])
+            return merge(x, [hs[rank]], norm), merge(x, [hs[rank]])
 
-
-def test_the_schedule_override_is_what_the_network_follows(trt, make_ckpt):
-    ckpt = make_ckpt(combine_op="residual_sum")  # a block checkpoint, built as its TP baseline
-    model = rank_model(trt, ckpt, 0, merge_schedule="sublayer")
-    forward(model)
-    assert len(ALLREDUCES) == 2 * model.config.num_hidden_layers
-    assert model.config.to_dict()["merge_schedule"] == "sublayer"  # what the engine's config.json records
+        for (merged, normed), (again, none) in standin.run_ranks(merge_on, 2):
+            assert torch.allclose(merged.value, (hs[0].value + hs[1].value) / 2, atol=1e-6)
+            assert torch.allclose(normed.value, norm(merged).value, atol=1e-6)
+            assert none is None and torch.allclose(again.value, merged.value, atol=1e-6)
+        ALLREDUCES.clear()
+        merged, normed = merges.make_merge(impl, "mean", 1, [0])(x, [hs[0]], norm)
+        assert merged is hs[0] and torch.equal(normed.value, norm(hs[0]).value) and not ALLREDUCES
 
 
 @pytest.mark.parametrize("combine_op", ["mean", "sum", "residual_sum"])
-def test_merge_arithmetic(trt, make_ckpt, combine_op):
-    model = rank_model(trt, make_ckpt(combine_op=combine_op, num_hidden_layers=2, block_depth=2), 0)
-    hidden = forward(model, use_cache=False)
-    merged = hidden.args[0]  # the input of ln_f: the one merge of the one block
-    if combine_op == "mean":
-        assert merged.op == "mul" and merged.args[0].op == "allreduce" and merged.args[1] == 0.5
-    elif combine_op == "sum":
-        assert merged.op == "allreduce"
-    else:  # x + allreduce(h - x), never allreduce(h) - (T-1) x
-        x = merged.args[0]
-        assert merged.op == "add" and x.op == "embedding" and merged.args[1].op == "allreduce"
-        h_minus_x = merged.args[1].args[0]
-        assert h_minus_x.op == "sub" and h_minus_x.args[1] is x
+@pytest.mark.parametrize("tracks, strategy", [(2, AllReduceStrategy.AUTO), (3, AllReduceStrategy.NCCL)])
+def test_the_fused_merge_is_one_allreduce_node_with_the_residual_algebra(trt, combine_op, tracks, strategy):
+    """x + allreduce(delta) with delta = h - x (residual_sum), (h - x) / T (mean), h - x / T (sum)
+    is the combine op of pt_trtllm.merge.LocalMerge; the node is the plugin's RESIDUAL_RMS_NORM
+    with the residual x, the norm's own weight tensor and eps; its outputs come back as (merged,
+    normed); the strategy is AUTO for a custom-kernel rank count, NCCL otherwise."""
+    merges = sys.modules["pt_trtllm.trtllm.merges"]
+    norm = standin.RmsNorm(16, eps=0.05, dtype="float32")
+    norm.weight.value = 1 + 0.1 * torch.randn(16)
+    x = Tensor(torch.randn(5, 16))
+    hs = [Tensor(torch.randn(5, 16) * (t + 1)) for t in range(tracks)]
+    standin.current_all_reduce_helper().set_workspace_tensor(standin.Mapping(tracks, tp_size=tracks))
+    results = standin.run_ranks(
+        lambda rank: merges.make_merge("allreduce_fused_norm", combine_op, tracks, list(range(tracks)))(
+            x, [hs[rank]], norm), tracks)
+    expected, _ = pt_trtllm.merge.LocalMerge(combine_op, tracks)(x.value, [h.value for h in hs])
+    for merged, normed in results:
+        assert torch.allclose(merged.value, expected, atol=1e-5)
+        want = torch.nn.functional.rms_norm(expected, (16,), norm.weight.raw_value, eps=0.05)
+        assert torch.allclose(normed.value, want, atol=1e-5)
+    assert len(ALLREDUCES) == tracks  # one node per rank
+    for call in ALLREDUCES:
+        p = call.params
+        assert (call.strategy, p.fusion_op, p.eps) == (strategy, AllReduceFusionOp.RESIDUAL_RMS_NORM, 0.05)
+        assert p.residual is x and p.norm_weight.value is norm.weight.raw_value
 
 
-def test_dispatch_and_combine_norms_wrap_every_track_block(trt, make_ckpt):
-    model = rank_model(trt, make_ckpt(track_dispatch_norm=True, track_combine_norm=True), 0)
-    cfg = model.config.pt_config()
-    hidden = forward(model, use_cache=False)
-    norms = {"dispatch": {id(n) for n in (model.transformer.dispatch_norms[b] for b in range(cfg.num_blocks))},
-             "combine": {id(n) for n in (model.transformer.combine_norms[b] for b in range(cfg.num_blocks))}}
-    x, seen = hidden.args[0], []
-    for _ in range(cfg.num_blocks):  # walk back through the blocks: mean(combine(... dispatch(x)))
-        combined = x.args[0].args[0]
-        assert combined.op == "rmsnorm" and combined.args[1] in norms["combine"]
-        seen.append(combined.args[1])
-        node = combined.args[0]
-        while not (node.op == "rmsnorm" and node.args[1] in norms["dispatch"]):
-            node = node.args[0]
-        x = node.args[0]
-    assert x.op == "embedding" and len(set(seen)) == cfg.num_blocks
+def test_an_unknown_merge_impl_is_refused_by_name(trt, make_ckpt):
+    ckpt = make_ckpt()
+    with pytest.raises(ValueError, match="merge_impl='fused'"):  # scripts/build.py --merge_impl
+        rank_model(trt, ckpt, 0, merge_impl="fused")
+    config = trt.PTForCausalLM.config_class.from_checkpoint(ckpt)
+    config.merge_impl = "fused"  # the network reads the config's field when it is defined
+    with pytest.raises(ValueError, match="merge_impl='fused'"):
+        trt.PTForCausalLM(config)
 
 
-def test_one_track_merges_with_itself_without_a_collective(trt, make_ckpt):
-    ckpt = make_ckpt(num_tracks=1)
-    forward(rank_model(trt, ckpt, 0))
-    assert ALLREDUCES == []
-
-
+# ---- what the engine cannot express or build -----------------------------------------------------
 @pytest.mark.parametrize("overrides, schedule, named", [
-    ({"qk_norm": True}, None, "qk_norm"),
     ({"track_dispatch_norm": True}, "sublayer", "track_dispatch_norm"),
     ({}, "none", "none"),
 ])
 def test_what_the_engine_cannot_express_is_refused_at_build_time(trt, make_ckpt, overrides, schedule, named):
     ckpt = make_ckpt(**overrides)
-    changes = {"merge_schedule": schedule} if schedule else {}
     with pytest.raises(ValueError, match=named):
-        rank_model(trt, ckpt, 0, **changes)
+        rank_model(trt, ckpt, 0, schedule=schedule)
 
 
-def test_a_config_json_with_contradicting_fields_is_refused(trt, make_ckpt):
+def test_a_schedule_changed_after_the_config_was_made_is_refused_when_the_network_is_defined(trt, make_ckpt):
+    config = trt.PTForCausalLM.config_class.from_checkpoint(make_ckpt())
+    config.merge_schedule = "none"
+    with pytest.raises(ValueError, match="none"):
+        trt.PTForCausalLM(config)
+
+
+BUILD_SETTINGS = [
+    ({"max_prompt_embedding_table_size": 16}, {}, "prompt tables (max_prompt_embedding_table_size=16) are not "
+                                                  "supported by the PT network definition"),
+    ({"max_draft_len": 4}, {}, "speculative decoding (max_draft_len=4) is not supported by the PT network definition"),
+    ({"max_draft_len": 4, "speculative_decoding_draft_tokens_external": True}, {},
+     "speculative decoding (max_draft_len=4)"),
+    ({}, {"lora_plugin": "auto"}, "--lora_plugin is not supported by the PT network definition"),
+    ({}, {"gemm_allreduce_plugin": "float16"}, "--gemm_allreduce_plugin is not supported by the PT network "
+                                               "definition: TensorRT-LLM's RowLinear would all-reduce inside every"),
+    ({}, {"user_buffer": "enable"}, "--user_buffer is not supported by the PT network definition"),
+    ({}, {"gpt_attention_plugin": "disable"}, "qk_norm=True needs the GPT attention plugin"),
+]
+
+
+@pytest.mark.parametrize("settings, plugins, message", BUILD_SETTINGS,
+                         ids=["prompt-tables", "speculative", "draft-tokens-external", "lora", "gemm-allreduce",
+                              "user-buffer", "no-attention-plugin"])
+def test_build_settings_the_network_cannot_take_are_refused_when_inputs_are_prepared(trt, make_ckpt, settings,
+                                                                                     plugins, message):
+    """Every build runs prepare_inputs with the build config's settings (builder.build): the
+    refusal names the feature there, for scripts/build.py and trtllm-build alike."""
+    model = rank_model(trt, make_ckpt(qk_norm=True), 0)
+    build_config = standin.BuildConfig(**settings, plugin_config=standin.PluginConfig(**plugins))
+    with pytest.raises(ValueError) as refused:
+        standin.build(model, build_config)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
+def test_prepare_inputs_refuses_settings_given_by_position_or_by_name(trt, make_ckpt):
+    """mrope inputs are made only for Qwen2-VL architectures by the builder; refused all the same.
+    A setting passed by position is read as TensorRT-LLM's signature places it."""
+    model = rank_model(trt, make_ckpt(), 0)
+    standin.set_plugin_config(standin.PluginConfig(dtype="float32"))
+    with pytest.raises(ValueError, match=r"^mrope \(multimodal RoPE\) is not supported by the PT network definition"):
+        model.prepare_inputs(8, 16, 32, 64, True, mrope_rotary_cos_sin_size=128)
+    with pytest.raises(ValueError, match=r"^prompt tables \(max_prompt_embedding_table_size=4\)"):
+        model.prepare_inputs(8, 16, 32, 64, True, 1, None, 4)
+
+
+def test_without_the_refusal_those_settings_fail_deep_in_the_build(trt, make_ckpt, monkeypatch):
+    """What the refusals replace: PTModel.forward does not take the inputs TensorRT-LLM would then
+    create, and the stand-in's build fails with a TypeError, as TensorRT-LLM's would."""
+    model = rank_model(trt, make_ckpt(), 0)
+    monkeypatch.setattr(trt.PTForCausalLM, "prepare_inputs", standin.DecoderModelForCausalLM.prepare_inputs)
+    for settings in ({"max_prompt_embedding_table_size": 16}, {"max_draft_len": 4}):
+        with pytest.raises(TypeError):
+            standin.build(model, standin.BuildConfig(**settings))
+    standin.build(model, standin.BuildConfig())  # the plain build binds
+
+
+def test_build_prepares_the_workspace_the_merge_strategy_relies_on(trt, make_ckpt, tmp_path):
+    """With T > 1 prepare_inputs makes the all-reduce workspace, so allreduce() keeps the merges'
+    AUTO strategy (it falls back to NCCL_SYMMETRIC only without one)."""
     ckpt = make_ckpt()
-    with pytest.raises(ValueError, match="head_size"):
-        rank_model(trt, ckpt, 0, head_size=8)
+    shutil.rmtree(tmp_path / "engines", ignore_errors=True)
+    config = trt.PTForCausalLM.config_class.from_checkpoint(ckpt)
+    standin.parallel_build(config, str(ckpt), standin.BuildConfig(), str(tmp_path / "engines"),
+                           model_cls=trt.PTForCausalLM)
+    assert standin.current_all_reduce_helper().workspace is not None
+    assert [p["max_draft_len"] for p in standin.PREPARED] == [0, 0]  # one build per rank

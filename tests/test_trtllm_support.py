@@ -1,12 +1,13 @@
 """The parts of the TensorRT-LLM path that run without TensorRT-LLM: detecting an engine directory,
-reading what an engine records, refusing what an engine cannot express, the runner's request checks
-and output records, the one-line errors of build.py and run.py without TensorRT-LLM, and that the
-network-definition files parse and pass ruff."""
+reading what an engine records, which models an engine can express, build.py's flags, the runner's
+request checks and output records, the one-line errors of build.py and run.py without TensorRT-LLM,
+and that the network-definition files pass ruff."""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import itertools
 import json
 import subprocess
 import sys
@@ -14,30 +15,35 @@ from argparse import Namespace
 from pathlib import Path
 
 import pytest
+from trtllm_models import ENGINE_TINY
 
 from pt_trtllm import PTConfig
-from pt_trtllm.formats import rank_config
+from pt_trtllm.formats import CheckpointError, rank_config
 from pt_trtllm.trtllm import runner
 from pt_trtllm.trtllm.detect import is_engine_dir
+from pt_trtllm.merge import MERGE_IMPLS
 from pt_trtllm.trtllm.support import (
     EngineInfo,
+    check_build_settings,
     check_supported,
     engine_schedule,
     read_engine_info,
 )
 
 REPO = Path(__file__).resolve().parent.parent
-TRTLLM_FILES = sorted((REPO / "pt_trtllm" / "trtllm").glob("*.py")) + [REPO / "scripts" / "build.py"]
+TRTLLM_FILES = sorted((REPO / "pt_trtllm" / "trtllm").glob("*.py")) + [REPO / "scripts" / "build.py",
+                                                                     REPO / "scripts" / "trtllm_selftest.py"]
 HAS_TRTLLM = importlib.util.find_spec("tensorrt_llm") is not None
 
 
-def write_engine_dir(path: Path, cfg: PTConfig, schedule: str | None = None, **build) -> Path:
+def write_engine_dir(path: Path, cfg: PTConfig, schedule: str | None = None, logits_dtype: str = "float32",
+                     **build) -> Path:
     """An engine directory as TensorRT-LLM's Engine.save lays it out (config.json: version,
     pretrained_config = PretrainedConfig.to_dict(), build_config), with empty rank files."""
     pretrained = rank_config(cfg, "float16")
     pretrained["mapping"] = {**pretrained["mapping"], "gpus_per_node": 8, "cp_size": 1}
     pretrained["quantization"] = {**pretrained["quantization"], "group_size": 128}
-    pretrained["logits_dtype"] = "float32"
+    pretrained["logits_dtype"] = logits_dtype
     if schedule:
         pretrained["merge_schedule"] = schedule
     build_config = {"max_batch_size": 4, "max_input_len": 64, "max_seq_len": 128, "gather_context_logits": False,
@@ -69,13 +75,20 @@ def test_is_engine_dir_tells_engines_from_per_rank_checkpoints(tmp_path):
 
 def test_read_engine_info_gives_the_schedule_the_engine_was_built_with(tmp_path):
     cfg = PTConfig.from_preset("tiny", combine_op="residual_sum")
-    info = read_engine_info(write_engine_dir(tmp_path / "e", cfg, schedule="sublayer", gather_context_logits=True))
+    info = read_engine_info(write_engine_dir(tmp_path / "e", cfg, schedule="sublayer", logits_dtype="float16",
+                                             gather_context_logits=True))
     assert info.schedule == "sublayer" and info.cfg.combine_op == "residual_sum"
     assert (info.dtype, info.max_batch_size, info.max_input_len, info.max_seq_len) == ("float16", 4, 64, 128)
-    assert info.gather_context_logits
+    assert info.gather_context_logits and info.logits_dtype == "float16"  # the Triton logits outputs' type
 
 
 def test_read_engine_info_refuses_other_directories(tmp_path):
+    with pytest.raises(CheckpointError, match=r"not found \(is --engine_dir a TensorRT-LLM engine directory\?\)"):
+        read_engine_info(tmp_path)
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(CheckpointError, match="invalid JSON"):
+        read_engine_info(tmp_path)
+    (tmp_path / "config.json").write_text('{"architecture": "PTForCausalLM"}')  # a per-rank checkpoint's
     with pytest.raises(ValueError, match="not a TensorRT-LLM engine config"):
         read_engine_info(tmp_path)
     engines = write_engine_dir(tmp_path / "llama", PTConfig.from_preset("tiny"))
@@ -101,22 +114,129 @@ def test_a_schedule_that_contradicts_the_engine_is_refused(tmp_path, requested, 
 
 
 # ---- what an engine can express -----------------------------------------------------------------
-@pytest.mark.parametrize("overrides, schedule", [
-    ({}, "block"), ({"rope_style": "gptj"}, "block"), ({"combine_op": "residual_sum"}, "sublayer"),
-    ({"track_dispatch_norm": True, "track_combine_norm": True}, "block"),
-])
-def test_supported_models(overrides, schedule):
-    check_supported(PTConfig.from_preset("tiny", **overrides), schedule)
+def refusal(qk_norm: bool, dispatch: bool, combine: bool, schedule: str) -> set[str]:
+    """The features that keep an engine from expressing a model exactly, as docs/trtllm.md lists
+    them (empty: supported): the timing-only schedule none; sublayer with track norms. QK-norm is
+    supported (in the graph)."""
+    out = set()
+    if schedule == "none":
+        out.add("none")
+    if schedule == "sublayer" and (dispatch or combine):
+        out |= {"track_dispatch_norm"} if dispatch else {"track_combine_norm"}
+    return out
 
 
-@pytest.mark.parametrize("overrides, schedule, named", [
-    ({"qk_norm": True}, "block", "qk_norm"),
-    ({"track_combine_norm": True}, "sublayer", "track_combine_norm"),
-    ({}, "none", "none"),
-])
-def test_unsupported_models_are_refused_by_name(overrides, schedule, named):
-    with pytest.raises(ValueError, match=named):
-        check_supported(PTConfig.from_preset("tiny", **overrides), schedule)
+FEATURES = list(itertools.product((False, True), (False, True), (False, True), ("block", "sublayer", "none")))
+SUPPORTED = [f for f in FEATURES if not refusal(*f)]
+UNSUPPORTED = [f for f in FEATURES if refusal(*f)]
+
+
+def model(qk_norm: bool, dispatch: bool, combine: bool, **more) -> PTConfig:
+    """The engine test model (d = 32, a head size the attention plugin supports) with these features."""
+    return PTConfig.from_preset("tiny", **{**ENGINE_TINY, "qk_norm": qk_norm, "track_dispatch_norm": dispatch,
+                                           "track_combine_norm": combine, **more})
+
+
+@pytest.mark.parametrize("features", SUPPORTED, ids=str)
+@pytest.mark.parametrize("more", [{}, {"rope_style": "gptj"}, {"combine_op": "sum"}], ids=str)
+def test_supported_models(features, more):
+    """Exactly the 10 documented combinations (block with or without track norms, sublayer without;
+    with or without QK-norm) are accepted, whatever the RoPE style, combine op or merge_impl."""
+    assert len(SUPPORTED) == 10 and {f[3] for f in SUPPORTED} == {"block", "sublayer"}
+    for merge_impl in (None, *MERGE_IMPLS):
+        assert check_supported(model(*features[:3], **more), features[3], merge_impl) is None
+
+
+@pytest.mark.parametrize("features", UNSUPPORTED, ids=str)
+def test_unsupported_models_are_refused_by_name(features):
+    with pytest.raises(ValueError) as refused:
+        check_supported(model(*features[:3]), features[3])
+    assert any(name in str(refused.value) for name in refusal(*features)), str(refused.value)
+
+
+@pytest.mark.parametrize("head_dim", range(8, 264, 8))
+def test_only_head_sizes_the_attention_plugin_has_kernels_for_are_accepted(head_dim):
+    cfg = model(False, False, False, head_dim=head_dim)
+    if head_dim in (32, 48, 64, 80, 96, 104, 112, 128, 144, 160, 192, 224, 256):  # by hand, from the kernels
+        assert check_supported(cfg, "block") is None
+    else:
+        with pytest.raises(ValueError, match=f"^head_dim={head_dim} is not supported by TensorRT-LLM's GPT "
+                                             "attention plugin, whose generation kernels take head sizes 32, 48,"):
+            check_supported(cfg, "block")
+
+
+@pytest.mark.parametrize("hidden, tracks, ok", [(64, 2, True), (96, 3, True), (64, 3, False), (66, 4, False)])
+def test_hidden_size_must_be_a_multiple_of_the_tracks(hidden, tracks, ok):
+    cfg = model(False, False, False, hidden_size=hidden, num_tracks=tracks, num_attention_heads=2 * tracks,
+                num_key_value_heads=tracks, intermediate_size=32 * tracks)
+    if ok:
+        assert check_supported(cfg, "block") is None
+    else:
+        with pytest.raises(ValueError, match=f"^hidden_size={hidden} is not a multiple of num_tracks={tracks}: "):
+            check_supported(cfg, "block")
+
+
+def test_the_fused_merge_needs_a_vectorizable_hidden_size():
+    cfg = model(False, False, False, hidden_size=68)
+    assert check_supported(cfg, "block", "allreduce") is None
+    with pytest.raises(ValueError, match=r"^merge_impl='allreduce_fused_norm' needs hidden_size % 8 == 0 .*got "
+                                         r"hidden_size=68; build with --merge_impl allreduce$"):
+        check_supported(cfg, "block", "allreduce_fused_norm")
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"attention_layer_pattern": ["local_rope", "global_nope"], "attention_window": 8}, "global_nope layers"),
+    ({"attention_layer_pattern": ["local_rope"], "attention_window": 8}, "convert with --max_position_embeddings 9 "),
+    ({"feed_forward_layer_pattern": ["dense", "sparse"]}, "sparse (mixture-of-experts) layers"),
+    ({"pre_residual_norm": True}, "pre_residual_norm=True"),
+    ({"post_norm": True}, "post_norm=True"),
+], ids=["nope", "window", "moe", "pre-residual-norm", "post-norm"])
+def test_parts_of_the_pt_architecture_the_engine_does_not_build_are_refused(fields, named):
+    cfg = model(True, False, False)
+    for name, value in fields.items():
+        setattr(cfg, name, value)
+    with pytest.raises(ValueError) as refused:
+        check_supported(cfg, "block")
+    assert named in str(refused.value) and "\n" not in str(refused.value)
+    cfg.max_position_embeddings = 9  # a window no sequence outgrows: local attention is global attention
+    cfg.attention_layer_pattern, cfg.attention_window = ["local_rope"], 8
+    if "attention_layer_pattern" in fields:
+        assert check_supported(cfg, "block") is None
+
+
+def test_build_settings_are_refused_by_name():
+    plugins = Namespace(lora_plugin=None, gemm_allreduce_plugin=None, user_buffer=False, gpt_attention_plugin="float16")
+    assert check_build_settings(plugins, qk_norm=True) is None
+    assert check_build_settings(Namespace(**{**vars(plugins), "gpt_attention_plugin": None}), qk_norm=False) is None
+    cases = [({"prompt_embedding_table_size": 4}, {}, "prompt tables (max_prompt_embedding_table_size=4)"),
+             ({"max_draft_len": 3}, {}, "speculative decoding (max_draft_len=3)"),
+             ({"mrope_rotary_cos_sin_size": 8}, {}, "mrope (multimodal RoPE)"),
+             ({}, {"lora_plugin": "float16"}, "--lora_plugin"), ({}, {"gemm_allreduce_plugin": "bfloat16"},
+                                                                  "--gemm_allreduce_plugin"),
+             ({}, {"user_buffer": True}, "--user_buffer"), ({}, {"gpt_attention_plugin": None}, "qk_norm=True needs")]
+    for settings, plugin_changes, named in cases:
+        with pytest.raises(ValueError) as refused:
+            check_build_settings(Namespace(**{**vars(plugins), **plugin_changes}), True, **settings)
+        assert str(refused.value).startswith(named) and "\n" not in str(refused.value)
+
+
+def test_build_flags_take_their_choices_from_the_schedule_and_merge_modules():
+    spec = importlib.util.spec_from_file_location("build_script", REPO / "scripts" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    defaults = Namespace(max_batch_size=8, max_input_len=1024, max_seq_len=None, max_beam_width=1,
+                         max_num_tokens=8192, opt_num_tokens=None, output_timing_cache="model.cache")
+
+    def parse(*flags):
+        return build.parse_args(["--checkpoint_dir", "ckpt", *flags], defaults, lambda group: None)
+
+    args = parse()
+    assert (args.schedule, args.merge_impl) == (None, None)  # the checkpoint's
+    args = parse("--schedule", "sublayer", "--merge_impl", "allreduce_fused_norm")
+    assert (args.schedule, args.merge_impl) == ("sublayer", "allreduce_fused_norm")
+    for flags in (("--schedule", "none"), ("--merge_impl", "fused")):
+        with pytest.raises(SystemExit):
+            parse(*flags)
 
 
 # ---- the runner's own logic ---------------------------------------------------------------------
@@ -203,11 +323,6 @@ def test_nothing_outside_pt_trtllm_trtllm_imports_the_network_definition():
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [n for n in names if n.startswith("tensorrt_llm") or n.endswith("trtllm.model")], path
-
-
-@pytest.mark.parametrize("path", TRTLLM_FILES, ids=lambda p: p.name)
-def test_network_definition_files_parse(path):
-    ast.parse(path.read_text(), filename=str(path))
 
 
 def test_network_definition_files_pass_ruff():

@@ -8,11 +8,23 @@ when it has a tp_group). The only collectives are the merges, one explicit AllRe
 (tensorrt_llm.functional.allreduce) after each segment of the schedule: L/D per forward under
 "block", 2L under "sublayer". The embedding, the final norm and the LM head are replicated.
 
-Structure and names mirror pt_trtllm/modeling.py (PTModel -> the track's DecoderLayers run segment
-by segment, merged by AllReduceMerge), with the weight names of pt-spec section 5:
-transformer.vocab_embedding, transformer.layers.{l}.{input_layernorm, attention.qkv,
-attention.dense, post_layernorm, mlp.fc, mlp.gate, mlp.proj}, transformer.dispatch_norms.{b},
+Structure and names mirror pt_trtllm/modeling.py for the one track a rank holds: PTModel runs it
+segment by segment (`track` is modeling's Track.forward, `entry_norm` its Track.entry_norm,
+`_next_norm` PTModel._next_norm), DecoderLayer.step runs half a layer, and the merge has
+pt_trtllm/merge.py's interface, `merged, normed = merge(x, hs, norm=None)` (pt_trtllm/trtllm/
+merges.py, one class per config `merge_impl`): the network hands each merge the norm that runs
+next on the merged state (the next segment's entry norm, or ln_f) and takes that norm's output from
+the merge, so the fused merge (AllReduceFusionOp.RESIDUAL_RMS_NORM) computes it in its AllReduce
+node. A model with qk_norm uses the QK-norm attention of pt_trtllm/trtllm/attention.py (RoPE and
+the q/k norms in the graph, the plugin without RoPE); the others TensorRT-LLM's Attention (RoPE in
+the plugin). The weight names are those of pt-spec section 5: transformer.vocab_embedding,
+transformer.layers.{l}.{input_layernorm, attention.qkv, attention.dense, attention.q_layernorm,
+attention.k_layernorm, post_layernorm, mlp.fc, mlp.gate, mlp.proj}, transformer.dispatch_norms.{b},
 transformer.combine_norms.{b}, transformer.ln_f, lm_head.
+
+Build settings under which TensorRT-LLM would hand PTModel.forward inputs it does not take (prompt
+tables, speculative decoding, mrope, LoRA), and plugins it cannot be built with, are refused in
+PTForCausalLM.prepare_inputs, which every build runs (support.check_build_settings).
 
 Importing this file registers PTForCausalLM in tensorrt_llm.models.MODEL_MAP, so that
 `trtllm-build --model_cls_file <this file> --model_cls_name PTForCausalLM` and every reader of an
@@ -22,8 +34,11 @@ module named "models", hence the absolute imports.
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
+
 import torch
-from tensorrt_llm.functional import AllReduceParams, allreduce
+from tensorrt_llm._common import default_net
 from tensorrt_llm.layers import (
     Attention,
     AttentionMaskType,
@@ -38,110 +53,35 @@ from tensorrt_llm.models.modeling_utils import DecoderModelForCausalLM
 from tensorrt_llm.module import Module, ModuleList
 
 from pt_trtllm.formats import padded_vocab_size
-from pt_trtllm.schedule import build_schedule
+from pt_trtllm.schedule import Segment, build_schedule
+from pt_trtllm.trtllm.attention import QKNormAttention, Rotary
 from pt_trtllm.trtllm.config import PTPretrainedConfig
-from pt_trtllm.trtllm.support import check_supported
+from pt_trtllm.trtllm.merges import make_merge
+from pt_trtllm.trtllm.support import check_build_settings, check_supported
 
 
 def _norm(config: PTPretrainedConfig) -> RmsNorm:
     return RmsNorm(normalized_shape=config.hidden_size, eps=config.norm_epsilon, dtype=config.dtype)
 
 
-class AllReduceMerge:
-    """The merge of one rank holding one track (pt_trtllm.merge.AllReduceMerge as network nodes):
-    ONE AllReduce (sum) of the [tokens, H] hidden state over the T ranks, then the 1/T scale for
-    "mean", or x + allreduce(h - x) for "residual_sum". A single track merges with itself: no node."""
+# ---- the network ---------------------------------------------------------------------------------
+@dataclass
+class Context:
+    """What every layer of one forward pass shares (modeling.Context's role)."""
 
-    def __init__(self, combine_op: str, group: list[int]):
-        self.combine_op, self.group = combine_op, group
+    use_cache: bool
+    attention_mask: object
+    kv_cache_params: KeyValueCacheParams
+    attention_params: object
+    rope: list | None
+    """[cos, sin] of the positions for the QK-norm attention (Rotary), None without QK-norm (RoPE
+    then runs inside the attention plugin)."""
+    presents: list
+    """Filled by the attention steps: each layer's KV-cache output."""
 
-    def __call__(self, x, h):
-        if len(self.group) == 1:
-            return h
-        if self.combine_op == "residual_sum":
-            # never sum_t(h_t) - (T-1) x: it cancels badly in low precision
-            return x + self._sum(h - x)
-        total = self._sum(h)
-        return total * (1.0 / len(self.group)) if self.combine_op == "mean" else total
-
-    def _sum(self, h):
-        # a fresh AllReduceParams every call: allreduce() mutates the one it is given
-        return allreduce(h, self.group, all_reduce_params=AllReduceParams())
-
-
-class DecoderLayer(Module):
-    """One pre-norm Llama layer of this rank's track, run as two residual steps (as in modeling.py)."""
-
-    def __init__(self, config: PTPretrainedConfig, layer_idx: int):
-        super().__init__()
-        T = config.num_tracks
-        self.input_layernorm = _norm(config)
-        self.attention = Attention(
-            local_layer_idx=layer_idx, hidden_size=config.hidden_size, attention_head_size=config.head_size,
-            num_attention_heads=config.num_attention_heads, num_kv_heads=config.num_key_value_heads,
-            max_position_embeddings=config.max_position_embeddings, dtype=config.dtype,
-            attention_mask_type=AttentionMaskType.causal, bias=False,
-            position_embedding_type=config.position_embedding_type, rotary_embedding_base=config.rotary_base,
-            tp_group=None, tp_size=T, tp_rank=config.mapping.tp_rank, quant_mode=config.quant_mode)
-        self.post_layernorm = _norm(config)
-        self.mlp = GatedMLP(hidden_size=config.hidden_size, ffn_hidden_size=config.intermediate_size,
-                            hidden_act=config.hidden_act, bias=False, dtype=config.dtype, tp_group=None,
-                            tp_size=T, quant_mode=config.quant_mode)
-
-    def step(self, kind: str, h, use_cache: bool, attention_mask, kv_cache_params, attention_params):
-        """h + attention(norm(h)) for "attn", h + mlp(norm(h)) for "mlp"; -> (h, present or None)."""
-        if kind == "mlp":
-            return h + self.mlp(self.post_layernorm(h)), None
-        out = self.attention(self.input_layernorm(h), attention_mask=attention_mask, use_cache=use_cache,
-                             kv_cache_params=kv_cache_params, attention_params=attention_params)
-        present = None
-        if use_cache:
-            out, present = out
-        return h + out, present
-
-
-class PTModel(Module):
-    """Embedding -> this rank's track, segment by segment of the schedule, merged after each
-    segment -> final norm. The schedule is the config's merge_schedule (scripts/build.py may have
-    overridden it; the engine's config.json records it)."""
-
-    def __init__(self, config: PTPretrainedConfig):
-        super().__init__()
-        cfg = config.pt_config()
-        self.vocab_embedding = Embedding(config.vocab_size, config.hidden_size, dtype=config.dtype)
-        self.layers = ModuleList([DecoderLayer(config, layer) for layer in range(config.num_hidden_layers)])
-        if cfg.track_dispatch_norm:
-            self.dispatch_norms = ModuleList([_norm(config) for _ in range(cfg.num_blocks)])
-        if cfg.track_combine_norm:
-            self.combine_norms = ModuleList([_norm(config) for _ in range(cfg.num_blocks)])
-        self.ln_f = _norm(config)
-        self.segments = tuple(build_schedule(cfg.merge_schedule, cfg.num_hidden_layers, cfg.block_depth))
-        self.merge = AllReduceMerge(cfg.combine_op, config.mapping.tp_group)
-        self.has_dispatch_norms, self.has_combine_norms = cfg.track_dispatch_norm, cfg.track_combine_norm
-
-    def forward(self, input_ids, position_ids=None, use_cache=False, attention_mask=None, kv_cache_params=None,
-                attention_params=None):
-        kv_cache_params.fill_none_tensor_list(len(self.layers))
-        presents = [None] * len(self.layers)
-        x = self.vocab_embedding(input_ids)
-        for segment in self.segments:
-            h = x
-            if self.has_dispatch_norms:
-                h = self.dispatch_norms[segment.dispatch_block](h)
-            for layer, kind in segment.steps:
-                h, present = self.layers[layer].step(kind, h, use_cache, attention_mask,
-                                                     self._layer_cache(kv_cache_params, layer), attention_params)
-                if present is not None:
-                    presents[layer] = present
-            if self.has_combine_norms:
-                h = self.combine_norms[segment.combine_block](h)
-            x = self.merge(x, h) if segment.merge else h
-        x = self.ln_f(x)
-        return (x, tuple(presents)) if use_cache else x
-
-    @staticmethod
-    def _layer_cache(params: KeyValueCacheParams, layer: int) -> KeyValueCacheParams:
+    def layer_cache(self, layer: int) -> KeyValueCacheParams:
         """The KV-cache inputs of one layer (as TensorRT-LLM's DecoderLayerList hands them out)."""
+        params = self.kv_cache_params
         return KeyValueCacheParams(
             past_key_value=[params.past_key_value[layer]],
             host_past_key_value_lengths=params.host_past_key_value_lengths,
@@ -154,20 +94,142 @@ class PTModel(Module):
             cache_indirection=params.cache_indirection)
 
 
+class DecoderLayer(Module):
+    """One pre-norm Llama layer of this rank's track, run as two residual steps (as in modeling.py:
+    the sublayer schedule merges between the two halves)."""
+
+    def __init__(self, config: PTPretrainedConfig, layer_idx: int):
+        super().__init__()
+        T = config.num_tracks
+        self.input_layernorm = _norm(config)
+        attention = dict(
+            local_layer_idx=layer_idx, hidden_size=config.hidden_size, attention_head_size=config.head_size,
+            num_attention_heads=config.num_attention_heads, num_kv_heads=config.num_key_value_heads,
+            max_position_embeddings=config.max_position_embeddings, dtype=config.dtype,
+            attention_mask_type=AttentionMaskType.causal, bias=False, tp_group=None, tp_size=T,
+            tp_rank=config.mapping.tp_rank, quant_mode=config.quant_mode)
+        if config.qk_norm:
+            self.attention = QKNormAttention(rope_style=config.rope_style, eps=config.norm_epsilon, **attention)
+        else:
+            self.attention = Attention(position_embedding_type=config.position_embedding_type,
+                                       rotary_embedding_base=config.rotary_base, **attention)
+        self.post_layernorm = _norm(config)
+        self.mlp = GatedMLP(hidden_size=config.hidden_size, ffn_hidden_size=config.intermediate_size,
+                            hidden_act=config.hidden_act, bias=False, dtype=config.dtype, tp_group=None,
+                            tp_size=T, quant_mode=config.quant_mode)
+
+    def norm(self, kind: str) -> RmsNorm:
+        """The RmsNorm that step `kind` applies first."""
+        return self.input_layernorm if kind == "attn" else self.post_layernorm
+
+    def step(self, kind: str, h, ctx: Context, cache_index: int, normed=None):
+        """h + attention(input_layernorm(h)) for "attn", h + mlp(post_layernorm(h)) for "mlp";
+        `normed` is that norm's output when the merge before already computed it."""
+        if normed is None:
+            normed = self.norm(kind)(h)
+        if kind == "mlp":
+            return h + self.mlp(normed)
+        out = self.attention(normed, attention_mask=ctx.attention_mask, use_cache=ctx.use_cache,
+                             kv_cache_params=ctx.layer_cache(cache_index), attention_params=ctx.attention_params,
+                             position_embedding=ctx.rope)
+        if ctx.use_cache:
+            out, ctx.presents[cache_index] = out
+        return h + out
+
+
+class PTModel(Module):
+    """Embedding -> this rank's track, segment by segment of the schedule, merged after each
+    segment -> final norm (applied by the last merge). The schedule is the config's merge_schedule
+    and the merge its merge_impl (scripts/build.py may have overridden either; the engine's
+    config.json records both)."""
+
+    def __init__(self, config: PTPretrainedConfig):
+        super().__init__()
+        self.vocab_embedding = Embedding(config.vocab_size, config.hidden_size, dtype=config.dtype)
+        self.layers = ModuleList([DecoderLayer(config, layer) for layer in range(config.num_hidden_layers)])
+        if config.track_dispatch_norm:
+            self.dispatch_norms = ModuleList([_norm(config) for _ in range(config.num_blocks)])
+        if config.track_combine_norm:
+            self.combine_norms = ModuleList([_norm(config) for _ in range(config.num_blocks)])
+        self.ln_f = _norm(config)
+        self.rotary = Rotary(config.head_size, config.rope_theta, config.max_position_embeddings) \
+            if config.qk_norm else None
+        self.segments = tuple(build_schedule(config.merge_schedule, config.num_hidden_layers, config.block_depth))
+        self.merge = make_merge(config.merge_impl, config.combine_op, config.num_tracks, config.mapping.tp_group)
+        self.has_dispatch_norms, self.has_combine_norms = config.track_dispatch_norm, config.track_combine_norm
+
+    def forward(self, input_ids, position_ids=None, use_cache=False, attention_mask=None, kv_cache_params=None,
+                attention_params=None):
+        """As modeling.PTModel.forward for one track per process: every segment ends in a merge
+        (engine schedules always merge), which also gives the output of the norm that runs next."""
+        kv_cache_params.fill_none_tensor_list(len(self.layers))
+        rope = self.rotary(position_ids) if self.rotary is not None else None
+        ctx = Context(use_cache, attention_mask, kv_cache_params, attention_params, rope, [None] * len(self.layers))
+        x = self.vocab_embedding(input_ids)
+        normed = None
+        for i, segment in enumerate(self.segments):
+            h = self.track(segment, x, ctx, normed)
+            x, normed = self.merge(x, [h], self._next_norm(self.segments, i))
+        # ln_f(x), from the last merge: unlike modeling.PTModel (whose merge may have no single next
+        # norm when a process holds several tracks), the network never applies a norm the merge was
+        # handed, so with the fused merge each such norm exists only inside an AllReduce node.
+        hidden = normed
+        return (hidden, tuple(ctx.presents)) if use_cache else hidden
+
+    def track(self, segment: Segment, x, ctx: Context, normed=None):
+        """Run one segment of this rank's track on the merged state x -> the track's output
+        (modeling.Track.forward). `normed` is entry_norm(segment)(x), from the merge before."""
+        h = x
+        if segment.dispatch_block is not None and self.has_dispatch_norms:
+            h = normed if normed is not None else self.dispatch_norms[segment.dispatch_block](h)
+            normed = None
+        for layer, kind in segment.steps:
+            h = self.layers[layer].step(kind, h, ctx, layer, normed)
+            normed = None
+        if segment.combine_block is not None and self.has_combine_norms:
+            h = self.combine_norms[segment.combine_block](h)
+        return h
+
+    def entry_norm(self, segment: Segment) -> RmsNorm:
+        """The RmsNorm the track applies first to a segment's input: the block's dispatch norm, or
+        the first step's layer norm (modeling.Track.entry_norm)."""
+        if segment.dispatch_block is not None and self.has_dispatch_norms:
+            return self.dispatch_norms[segment.dispatch_block]
+        layer, kind = segment.steps[0]
+        return self.layers[layer].norm(kind)
+
+    def _next_norm(self, segments: tuple[Segment, ...], i: int) -> RmsNorm:
+        """The norm that runs next on the state merged after segment i: the next segment's entry
+        norm, or ln_f after the last (one track per rank: always one norm)."""
+        return self.ln_f if i == len(segments) - 1 else self.entry_norm(segments[i + 1])
+
+
 class PTForCausalLM(DecoderModelForCausalLM):
     """transformer (PTModel) + a replicated LM head whose rows are padded to the runtime's vocab
-    (formats.padded_vocab_size). Models the engine cannot express exactly are refused here, at
-    build time, with an error naming the feature (support.check_supported)."""
+    (formats.padded_vocab_size). Models the engine cannot express exactly are refused when the
+    config is made and here, at build time, with an error naming the feature (support.check_supported)."""
 
     config_class = PTPretrainedConfig
 
     def __init__(self, config: PTPretrainedConfig):
-        cfg = config.pt_config()
-        check_supported(cfg, cfg.merge_schedule)
+        check_supported(config, config.merge_schedule, config.merge_impl)
         transformer = PTModel(config)
-        lm_head = ColumnLinear(config.hidden_size, padded_vocab_size(cfg), bias=False, dtype=config.dtype,
+        lm_head = ColumnLinear(config.hidden_size, padded_vocab_size(config), bias=False, dtype=config.dtype,
                                tp_group=None, tp_size=1, gather_output=False)
         super().__init__(config, transformer, lm_head)
+
+    def prepare_inputs(self, *args, **kwargs):
+        """TensorRT-LLM's PretrainedModel.prepare_inputs (the network's inputs; every build calls it
+        with the build config's settings), after refusing, with an error naming the feature, the
+        settings that would make DecoderModelForCausalLM.forward hand PTModel.forward inputs it does
+        not take, and the plugins the network cannot be built with (support.check_build_settings):
+        a TypeError deep in the build otherwise. The model is made from its PretrainedConfig alone,
+        so this is the first place the build settings are seen."""
+        given = inspect.signature(super().prepare_inputs).bind(*args, **kwargs).arguments
+        check_build_settings(default_net().plugin_config, self.config.qk_norm,
+                             given.get("prompt_embedding_table_size", 0), given.get("max_draft_len", 0),
+                             given.get("mrope_rotary_cos_sin_size"))
+        return super().prepare_inputs(*args, **kwargs)
 
     def load(self, weights, from_pruned=False):
         """Load rank{t}.safetensors; the stored [V, H] LM head gets the zero rows of the padding."""

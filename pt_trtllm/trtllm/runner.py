@@ -13,7 +13,6 @@ import json
 import sys
 import time
 
-
 from ..cli import check_prompts, end_ids, load_tokenizer, npy_bytes, parse_prompts, report, write_atomic
 from ..schedule import merges_per_forward
 from .support import EngineInfo, engine_schedule, read_engine_info

@@ -23,6 +23,8 @@ from pathlib import Path
 
 MODELS_DIR = Path(__file__).with_name("triton_repo_models")
 BATCHING_STRATEGIES = ("inflight_fused_batching", "inflight_batching", "V1")
+TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16"}
+"""Triton data type of an engine's logits_dtype (fill_template's logits_datatype)."""
 SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
 
 
@@ -46,6 +48,9 @@ class RepoOptions:
     add_special_tokens: bool = True
     skip_special_tokens: bool = True
     gpu_device_ids: str | None = None
+    logits_dtype: str = "float32"
+    """The engine's logits_dtype (pretrained_config.logits_dtype): the type of context_logits and
+    generation_logits, as the backend's config.pbtxt declares them (${logits_datatype})."""
 
 
 # ---- pbtxt --------------------------------------------------------------------------------------------
@@ -142,8 +147,8 @@ def tensorrt_llm_config(o: RepoOptions) -> str:
     ]
     outputs = [_tensor("output_ids", "TYPE_INT32", [-1, -1]), _tensor("sequence_length", "TYPE_INT32", [-1]),
                _tensor("cum_log_probs", "TYPE_FP32", [-1]), _tensor("output_log_probs", "TYPE_FP32", [-1, -1]),
-               _tensor("context_logits", "TYPE_FP32", [-1, -1]),
-               _tensor("generation_logits", "TYPE_FP32", [-1, -1, -1]),
+               _tensor("context_logits", TRITON_DTYPES[o.logits_dtype], [-1, -1]),
+               _tensor("generation_logits", TRITON_DTYPES[o.logits_dtype], [-1, -1, -1]),
                _tensor("batch_index", "TYPE_INT32", [1]), _tensor("sequence_index", "TYPE_INT32", [1])]
     params = {
         "gpt_model_type": o.batching_strategy,
@@ -255,4 +260,5 @@ def options_from_engine(engine_dir: str | Path, tokenizer_dir: str | Path, outpu
     batch = max_batch_size or info.max_batch_size
     if batch > info.max_batch_size:
         raise ValueError(f"--max_batch_size {batch} exceeds the engine's max_batch_size {info.max_batch_size}")
-    return RepoOptions(engine_dir, tokenizer_dir, Path(output_dir), world, batch, **kwargs)
+    return RepoOptions(engine_dir, tokenizer_dir, Path(output_dir), world, batch, logits_dtype=info.logits_dtype,
+                       **kwargs)

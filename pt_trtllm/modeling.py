@@ -189,6 +189,8 @@ class MoE(nn.Module):
         experts, weights = self.route(x)
         if x.shape[0] * self.top_k <= self.experts.num_experts:  # few tokens (decode): gather their experts
             out = self.experts.gathered(x, experts)  # [N, k, H]
+        elif torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():  # a CUDA graph: no host sync
+            out = self.experts.every_expert(x, experts)
         else:
             out = self.experts.grouped(x, experts)
         return torch.einsum("nkh,nk->nh", out, weights).reshape(shape)
@@ -210,6 +212,13 @@ class Experts(nn.Module):
         gate = torch.einsum("nh,nkfh->nkf", x, self.gate_proj[experts])
         up = torch.einsum("nh,nkfh->nkf", x, self.up_proj[experts])
         return torch.einsum("nkf,nkhf->nkh", F.silu(gate) * up, self.down_proj[experts])
+
+    def every_expert(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """x [N, H], experts [N, k] -> [N, k, H]: every expert on every token, then each token's k
+        picked; no host synchronization, E / k times the FLOPs (decode batches too large to gather)."""
+        y = torch.stack([F.linear(F.silu(F.linear(x, g)) * F.linear(x, u), d)
+                         for g, u, d in zip(self.gate_proj, self.up_proj, self.down_proj)])  # [E, N, H]
+        return y[experts, torch.arange(x.shape[0], device=x.device)[:, None]]
 
     def grouped(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         """x [N, H], experts [N, k] -> [N, k, H]: the (token, expert) pairs sorted by expert, one

@@ -188,6 +188,27 @@ def test_runtime_decode_steps_match_the_hf_model_logits(tmp_path):
         logits = engine.decode(tokens, torch.tensor([len(s) - 1 for s in seqs]), "block")
 
 
+def test_the_three_expert_paths_agree():
+    """The decode path that gathers the chosen experts' weights, the CUDA-graph path that runs every
+    expert, and the prefill path that groups tokens by expert give the same [N, k, H] outputs."""
+    from pt_trtllm.modeling import Experts
+
+    torch.manual_seed(0)
+    experts = Experts(6, 16, 8)
+    for w in experts.parameters():
+        torch.nn.init.normal_(w, 0.0, w.shape[-1] ** -0.5)
+    x, chosen = torch.randn(5, 16), torch.randint(0, 6, (5, 2))
+    with torch.no_grad():
+        want = experts.grouped(x, chosen)
+        for path in (experts.gathered, experts.every_expert):
+            torch.testing.assert_close(path(x, chosen), want, atol=1e-6, rtol=0)
+        for j in range(2):  # each (token, slot) is that expert's SwiGLU
+            e = chosen[:, j]
+            ref = torch.stack([experts.down_proj[e[n]] @ (torch.nn.functional.silu(experts.gate_proj[e[n]] @ x[n])
+                                                          * (experts.up_proj[e[n]] @ x[n])) for n in range(5)])
+            torch.testing.assert_close(want[:, j], ref, atol=1e-6, rtol=0)
+
+
 def test_slot_move_carries_a_ring_with_its_positions():
     """SlotKVCache.move (the server's slot compaction) copies a ring layer whole, keys, values and
     the positions its entries hold, and the first `length` positions of a full layer."""

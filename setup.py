@@ -17,8 +17,10 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "tamm==0.2.0", "gguf>=0.10", "mpich", "mpi4py>=4"],
-        "serve": ["nvidia-pytriton==0.7.0", "tritonclient[all]", "matplotlib"],  # PyTriton bundles tritonserver
+        "test": ["pytest", "tamm==0.2.0", "gguf>=0.10", "mpich", "mpi4py>=4",
+                 "openai>=1.40"],  # the official client, against the OpenAI-compatible API
+        "serve": ["nvidia-pytriton==0.7.0", "tritonclient[all]", "matplotlib",  # PyTriton bundles tritonserver
+                  "fastapi>=0.110", "uvicorn>=0.30"],  # the OpenAI-compatible API (serve.py --openai_port)
         # TensorRT-LLM 1.2.1 brings its own torch (docs/trtllm.md); not installable on CPU-only machines
         "trtllm": ["tensorrt_llm==1.2.1"],
     },

@@ -224,12 +224,15 @@ def test_a_new_request_joins_a_running_batch(served):
           f"ms later")
 
 
-def _error(fn) -> str:
+def _error(fn) -> tuple[str | None, str]:
+    """(status, message) of the error `fn` raises: HTTP "400" or gRPC "StatusCode.INVALID_ARGUMENT"."""
     from tritonclient.utils import InferenceServerException
 
     with pytest.raises((InferenceServerException, RuntimeError)) as e:
         fn()
-    return e.value.message() if isinstance(e.value, InferenceServerException) else str(e.value)
+    if isinstance(e.value, InferenceServerException):
+        return e.value.status(), e.value.message()
+    return None, str(e.value)
 
 
 BAD = [  # (inputs, protocol, the words the error must contain)
@@ -265,7 +268,8 @@ BAD = [  # (inputs, protocol, the words the error must contain)
 def test_malformed_requests_get_an_error_naming_the_problem(served, inputs, protocol, words):
     """Missing or wrongly typed inputs, empty text, max_tokens <= 0 or above the limit, negative
     temperature, top_p outside (0, 1], out-of-vocabulary ids, too long prompts, unknown inputs, a
-    too large batch: a Triton error containing the problem's words; then the server still serves."""
+    too large batch: Triton's INVALID_ARG (HTTP 400) with one line containing the problem's words
+    (those the server checks too: the patched proxy); then the server still serves."""
     server, _, _ = served
     if protocol == "http":
         import tritonclient.http as module
@@ -275,18 +279,72 @@ def test_malformed_requests_get_an_error_naming_the_problem(served, inputs, prot
         import tritonclient.grpc as module
 
         client = module.InferenceServerClient(server.grpc)
-    message = _error(lambda: client.infer("pt", triton_inputs(module, inputs)))
+    status, message = _error(lambda: client.infer("pt", triton_inputs(module, inputs)))
     client.close()
+    assert status == ("400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT"), (status, message)
+    assert "\n" not in message.strip() and "Traceback" not in message, message
     for word in words:
         assert word in message, message
     assert infer(server.http, request_inputs(PROMPTS[0], max_tokens=2)).output_ids
 
 
 def test_streaming_errors_and_the_server_keeps_serving(served):
-    """The streaming model refuses bad requests by name too (gRPC stream, HTTP generate_stream)."""
+    """The streaming model refuses bad requests with the one line too (gRPC stream, HTTP
+    generate_stream: 400)."""
     server, _, _ = served
-    message = _error(lambda: stream(server.grpc, request_inputs(PROMPTS[0], max_tokens=8, top_p=0.0), "grpc"))
-    assert "top_p must be in (0, 1], got 0.0" in message
-    message = _error(lambda: stream(server.http, request_inputs("", max_tokens=8), "http"))
-    assert "text_input is empty" in message
+    _, message = _error(lambda: stream(server.grpc, request_inputs(PROMPTS[0], max_tokens=8, top_p=0.0), "grpc"))
+    assert message == "top_p must be in (0, 1], got 0.0"  # a stream's error carries no status in tritonclient
+    _, message = _error(lambda: stream(server.http, request_inputs("", max_tokens=8), "http"))
+    assert message == "[400] text_input is empty"
     assert stream(server.grpc, request_inputs(PROMPTS[0], max_tokens=2), "grpc").output_ids
+
+
+def test_triton_cancellations_free_the_slots(served):
+    """A gRPC stream cancelled by its client, a gRPC call past its deadline and an HTTP
+    generate_stream whose client disconnects: the patched proxy reports each to the server, which
+    cancels the sequence (counted) long before its max_tokens (64)."""
+    import socket
+
+    import tritonclient.grpc as grpcclient
+
+    server, _, _ = served
+    inputs = request_inputs(input_ids=[7, 8, 9], max_tokens=64, end_id=-1)
+
+    def cancelled_after(start, before):
+        start()
+        deadline = time.monotonic() + 20
+        while (s := server_stats(server.http))["cancelled"] == before["cancelled"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return s
+
+    def grpc_stream():
+        client, got = grpcclient.InferenceServerClient(server.grpc), []
+        client.start_stream(callback=lambda result, error: got.append(error or result))
+        client.async_stream_infer("pt_stream", triton_inputs(grpcclient, inputs))
+        deadline = time.monotonic() + 60
+        while len(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        client.stop_stream(cancel_requests=True)
+        client.close()
+
+    def grpc_deadline():
+        client = grpcclient.InferenceServerClient(server.grpc)
+        with pytest.raises(Exception, match="Deadline"):
+            client.infer("pt", triton_inputs(grpcclient, inputs), client_timeout=0.5)
+        client.close()
+
+    def http_disconnect():
+        body = json.dumps({"input_ids": [7, 8, 9], "max_tokens": 64, "end_id": -1}).encode()
+        with socket.create_connection((server.host, server.http_port), timeout=60) as sock:
+            sock.sendall(b"POST /v2/models/pt_stream/generate_stream HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            data = b""
+            while data.count(b"data:") < 2:
+                data += sock.recv(4096)
+
+    for start in (grpc_stream, grpc_deadline, http_disconnect):
+        before = server_stats(server.http)
+        after = cancelled_after(start, before)
+        assert after["cancelled"] == before["cancelled"] + 1, start.__name__
+        assert after["decoded_tokens"] - before["decoded_tokens"] < 63, start.__name__
+    assert infer(server.http, request_inputs(PROMPTS[0], max_tokens=2)).output_ids

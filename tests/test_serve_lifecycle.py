@@ -75,8 +75,8 @@ def test_ready_means_serving_and_an_idle_follower_sleeps(ckpt, tmp_path):
 
 def test_sigterm_drains_running_requests_and_every_rank_exits_0(ckpt, tmp_path):
     """SIGTERM to mpiexec while a request streams: the request still completes, every rank exits
-    0 (mpiexec's status), the server stops answering, no process it started is left, and
-    --stats_json holds the statistics the exit line prints."""
+    0 (mpiexec's status), the server stops answering, no process it started is left, nothing of it
+    in TMPDIR or /dev/shm, and --stats_json holds the statistics the exit line prints."""
     stats_json = tmp_path / "out" / "stats.json"
     server = ServerProcess(ckpt, 2, ["--max_batch_size", "4", "--drain_timeout", "20", "--stats_json", str(stats_json)],
                            log_path=tmp_path / "s.log")
@@ -96,6 +96,7 @@ def test_sigterm_drains_running_requests_and_every_rank_exits_0(ckpt, tmp_path):
         thread.start()
         assert first.wait(60)
         server.remember()
+        shm = [shm_prefix(server.tmp)]
         t0 = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         code = server.proc.wait(90)
@@ -113,8 +114,22 @@ def test_sigterm_drains_running_requests_and_every_rank_exits_0(ckpt, tmp_path):
         assert stopped_line(stats) in log
         assert not server.live()
         assert server.wait_for_leftovers() == []
+        assert ours_in(server.tmp, shm) == []
     finally:
         server.kill()
+
+
+def ours_in(tmpdir: Path, shm_prefixes: list[str]) -> list[str]:
+    """What a server left in its TMPDIR (torch's per-user compile cache aside) and in /dev/shm."""
+    left = [p.name for p in tmpdir.iterdir() if not p.name.startswith("torchinductor_")]
+    return left + [p.name for prefix in shm_prefixes for p in Path("/dev/shm").glob(prefix + "*")]
+
+
+def shm_prefix(tmpdir: Path) -> str:
+    """The prefix of the shared memory segments of the Python-backend stubs of the server running
+    with TMPDIR `tmpdir` (as its workspace records it)."""
+    (lock,) = tmpdir.glob("pt_serve_*/lock")
+    return next(line.split()[1] for line in lock.read_text().splitlines() if line.startswith("shm "))
 
 
 def test_a_killed_follower_makes_the_server_exit_not_hang(ckpt, tmp_path):
@@ -154,6 +169,48 @@ def test_a_killed_follower_makes_the_server_exit_not_hang(ckpt, tmp_path):
         assert server.wait_for_leftovers() == []
     finally:
         server.kill()
+
+
+def test_sigkill_of_mpiexec_then_a_restart_leaves_nothing(ckpt, tmp_path):
+    """SIGKILL of mpiexec while a request streams: no rank, tritonserver or stub survives (the
+    launcher takes the ranks down; each rank also watches its parent). What the dead server left in
+    TMPDIR and /dev/shm is removed by the next server started with the same TMPDIR, which leaves
+    nothing itself after SIGTERM."""
+    dead = ServerProcess(ckpt, 2, ["--max_batch_size", "2"], log_path=tmp_path / "dead.log")
+    dead.start()
+    try:
+        started = threading.Event()
+        threading.Thread(target=lambda: _quietly(lambda: stream(
+            dead.grpc, request_inputs(input_ids=[5, 6], max_tokens=3000, end_id=-1), "grpc", 60,
+            on_chunk=lambda chunk: started.set())), daemon=True).start()
+        assert started.wait(60)
+        dead.remember()
+        shm = [shm_prefix(dead.tmp)]
+        assert any(p.is_dir() for p in dead.tmp.glob("pt_serve_*"))
+        dead.proc.kill()
+        assert dead.wait_for_leftovers(30) == [], dead.log_tail()
+        print(f"left by the killed server: {ours_in(dead.tmp, shm)}")
+        restarted = ServerProcess(ckpt, 2, ["--max_batch_size", "2"], log_path=tmp_path / "restarted.log",
+                                  env={"TMPDIR": str(dead.tmp)})
+        restarted.start()
+        try:
+            (mine,) = [p.name for p in dead.tmp.glob("pt_serve_*")]
+            assert ours_in(dead.tmp, shm) == [mine]  # the dead server's workspace and segments are gone
+            shm.append(shm_prefix(dead.tmp))
+            assert infer(restarted.http, request_inputs(input_ids=[1, 2, 3], max_tokens=2)).output_ids
+        finally:
+            assert restarted.stop() == 0
+        assert restarted.wait_for_leftovers() == []
+        assert ours_in(dead.tmp, shm) == []
+    finally:
+        dead.kill()
+
+
+def _quietly(fn):
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - the server is killed under it
+        pass
 
 
 def _run(cmd, timeout=120):

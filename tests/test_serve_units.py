@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sysconfig
 from pathlib import Path
 
@@ -154,6 +155,91 @@ def test_eos_sampling_and_shutdown(one_track):
     assert sched.stats.snapshot()["failed"] == 3  # queued, long and busy (late never reached the scheduler)
 
 
+def test_cancelled_sequences_free_their_slots_at_the_next_step(one_track):
+    """Cancelling a running sequence (mid-step, as a front's thread does) and a waiting one: the next
+    step boundary finishes both ("cancelled"), the running one after at most the one step in
+    progress (`cancel_lag_steps`), its slot goes to the last running sequence, and the others
+    still give their greedy tokens; the counters and gauges follow."""
+    model, ckpt = one_track
+    engine = TrackEngine(ckpt, Communicator(0, 1), torch.device("cpu"), max_batch=3, max_len=128)
+    sched = Scheduler(engine, PlanChannel(engine.comm, 3), "block")
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+    seqs = [seq(p, 12) for p in prompts]  # 3 slots: the 4th waits
+    sched.submit(seqs)
+    sched._collect(block=False)
+    sched.step()
+    sched.step()
+    assert sched.stats.snapshot()["running"] == 3 and sched.stats.snapshot()["active_sequences"] == 4
+    sched.cancel([seqs[0], seqs[3]])  # the 1st is running in slot 0, the 4th waits
+    sched.cancel([seqs[0]], "stop string")  # a second cancel changes nothing
+    for _ in range(30):
+        sched._collect(block=False)
+        sched.drop_cancelled()
+        if sched.running or sched.waiting:
+            sched.step()
+    assert seqs[0].sink.reason == "cancelled" and len(seqs[0].sink.ids) == 2
+    assert seqs[3].sink.reason == "cancelled" and seqs[3].sink.ids == []
+    for s in seqs[1:3]:
+        assert s.sink.reason == "length" and s.sink.ids == greedy(model, s.spec.prompt, 12)
+    s = sched.stats.snapshot()
+    assert (s["cancelled"], s["stop_strings"], s["cancel_lag_steps"], s["failed"]) == (2, 0, 0, 0)
+    assert (s["running"], s["active_sequences"]) == (0, 0)
+    late = seq([5, 6, 7], 12)
+    sched.submit([late])
+    sched._collect(block=False)
+    sched.step()
+    sched.cancel([late], "stop string")
+    sched.step()  # a step that was already planned when the cancel came
+    sched.drop_cancelled()
+    assert late.sink.reason == "cancelled" and len(late.sink.ids) == 2
+    s = sched.stats.snapshot()
+    assert (s["cancelled"], s["stop_strings"], s["cancel_lag_steps"]) == (2, 1, 1)
+
+
+def test_dead_servers_workspaces_are_removed_live_ones_kept(tmp_path, monkeypatch):
+    """A workspace whose lock no process holds (its server died) is removed with the shared memory
+    segments it recorded; one whose lock is held (a live server), and a directory without a lock
+    file, are left alone."""
+    from pt_trtllm.serve import workspace
+
+    monkeypatch.setattr(workspace.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(workspace, "SHM", tmp_path / "shm")
+    (tmp_path / "shm").mkdir()
+    live, dead = workspace.Workspace(), workspace.Workspace()
+    dead.record_shm_prefix("pytrtion999999-dead")
+    for name in ("pytrtion999999-dead0", "pytrtion999999-dead1", "pytrtion1-other"):
+        (tmp_path / "shm" / name).write_text("")
+    dead._lock.close()  # what the kernel does when its process dies
+    foreign = tmp_path / "pt_serve_foreign"
+    foreign.mkdir()
+    notes = workspace.clean_dead_workspaces(tmp_path)
+    assert notes == [f"removed {dead.path} (its server is dead) and 2 shared memory segments of its stubs"]
+    assert not dead.path.exists() and live.path.is_dir() and foreign.is_dir()
+    assert [p.name for p in (tmp_path / "shm").iterdir()] == ["pytrtion1-other"]
+    live.remove()
+    assert not live.path.exists() and workspace.clean_dead_workspaces(tmp_path) == []
+
+
+def test_ranks_die_with_their_launcher(monkeypatch):
+    """Under an MPI launcher a rank asks for SIGTERM when its parent dies; started by hand, not."""
+    import subprocess
+    import sys
+
+    from pt_trtllm.serve import signals as module
+
+    code = ("import ctypes, importlib.util; "  # signals.py alone: the package would import torch
+            f"spec = importlib.util.spec_from_file_location('signals', {module.__file__!r}); "
+            "signals = importlib.util.module_from_spec(spec); spec.loader.exec_module(signals); "
+            "set = signals.die_with_parent(); libc = ctypes.CDLL(None); sig = ctypes.c_int(); "
+            "libc.prctl(2, ctypes.byref(sig)); print(set, sig.value)")  # 2: PR_GET_PDEATHSIG
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")}
+    by_hand = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    launched = subprocess.run([sys.executable, "-c", code], env={**env, "PMI_RANK": "0"}, capture_output=True,
+                              text=True, timeout=60)
+    assert by_hand.stdout.split() == ["False", "0"], by_hand.stderr
+    assert launched.stdout.split() == ["True", str(int(signal.SIGTERM))], launched.stderr
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))])
 def test_sampling_generators_live_on_the_logits_device_seeded_as_given(one_track, device):
@@ -191,7 +277,7 @@ def test_statistics_document_and_exit_line(one_track):
     _, ckpt = one_track
     engine = TrackEngine(ckpt, Communicator(0, 1), torch.device("cpu"), max_batch=2, max_len=64)
     sched = Scheduler(engine, PlanChannel(engine.comm, 2), "block")
-    sched.stats.add(sequences=3, steps=4, forward_passes=5, step_s=0.02, forward_s=0.015)
+    sched.stats.add(sequences=3, steps=4, forward_passes=5, step_s=0.02, forward_s=0.015, cancelled=1)
     sched.stats.raise_to(max_running=2)
     sched.stats.raise_to(max_running=1)
     engine.comm.calls["merge"] += 10
@@ -208,8 +294,8 @@ def test_statistics_document_and_exit_line(one_track):
     s = json.loads(sched.stats.to_json())
     assert s["state"] == "stopped"
     assert stopped_line(s) == ("stopped (SIGTERM): 3 sequences, 4 steps, 0 decoded tokens, 0 prefilled tokens, at "
-                               "most 2 running at once, 0 failed; 5.00 ms per step, 75% of it in forward passes; "
-                               "2 merges per forward pass, 1.50 other collectives per step")
+                               "most 2 running at once, 0 failed, 1 cancelled; 5.00 ms per step, 75% of it in forward "
+                               "passes; 2 merges per forward pass, 1.50 other collectives per step")
 
 
 def test_step_plan_round_trips():

@@ -1,15 +1,14 @@
 """What PyTriton 0.7's `tritonserver` needs from this process, set up by rank 0 before it starts:
-the environment (this interpreter's libpython, numpy < 2, no shared-memory tensor store), two
-patches to the copies of PyTriton's proxy in the server's model store, and the temporary workspace
-that holds them (docs/serving.md, "The environment")."""
+the environment (this interpreter's libpython, numpy < 2, no shared-memory tensor store) and the
+patches to the copies of PyTriton's proxy in the server's model store (docs/serving.md, "The
+environment")."""
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -78,10 +77,99 @@ _SERVER_POLL_FAST = """            flag_check_interval_s = 0.1  # patched by pt_
 """
 
 
-def patch_pytriton_proxy(model_store: Path) -> list[str]:
-    """Work around two problems of PyTriton 0.7.0's multi-instance models, in the copies of its
-    proxy files in this server's model store (the installed package is untouched).
+_MODEL_HELPERS = """LOGGER = logging.getLogger(__name__)
 
+# ---- added by pt_trtllm (pytriton_env.py): one-line request errors with Triton's codes, and
+# requests Triton cancelled reported to the server (serve/triton_cancel.py)
+_PT_ERRORS = {"pt_trtllm.serve.requests.RequestError: ": "INVALID_ARG",
+              "pt_trtllm.serve.requests.Unavailable: ": "UNAVAILABLE"}
+_PT_CANCEL_SOCKET = @CANCEL_SOCKET@
+_PT_POLL_S = 0.1
+
+
+def _pt_triton_error(payload):
+    text = payload.decode("utf-8", "replace")
+    for prefix, code in _PT_ERRORS.items():
+        if text.startswith(prefix) and "\\n" not in text.rstrip("\\n"):
+            return pb_utils.TritonError(text[len(prefix):].strip(), getattr(pb_utils.TritonError, code))
+    return pb_utils.TritonError(text)
+
+
+def _pt_error_responses(payload, n):
+    error = _pt_triton_error(payload)
+    if error.code() == pb_utils.TritonError.INTERNAL:
+        return pb_utils.TritonModelException(payload.decode("utf-8"))
+    return [pb_utils.InferenceResponse(error=error) for _ in range(n)]
+
+
+def _pt_key(requests_id, i):
+    return f"{os.getpid()}-{requests_id.hex()}-{i}"
+
+
+def _pt_cancel_keys(requests, requests_id):
+    for i, request in enumerate(requests):
+        request.parameters = {**(request.parameters or {}), "pt_cancel_key": _pt_key(requests_id, i)}
+
+
+class _PtCancelPoll:
+    def __init__(self, cancellables, requests_id):
+        self.cancellables, self.requests_id = cancellables, requests_id
+        self.last, self.done = 0.0, _PT_CANCEL_SOCKET is None
+
+    async def get(self, queue):
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), _PT_POLL_S)
+            except asyncio.TimeoutError:
+                item = None
+            if not self.done and time.monotonic() - self.last >= _PT_POLL_S:
+                self.last = time.monotonic()
+                self._check()
+            if item is not None:
+                return item
+
+    def _check(self):
+        try:
+            if any(c.is_cancelled() for c in self.cancellables):
+                self.done = True
+                keys = " ".join(_pt_key(self.requests_id, i) for i in range(len(self.cancellables)))
+                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                    s.sendto(keys.encode(), _PT_CANCEL_SOCKET)
+        except Exception as e:  # never let the check break the request
+            self.done = True
+            LOGGER.warning(f"pt_trtllm: cannot report a cancelled request: {e}")
+"""
+_MODEL_PATCHES = [  # (PyTriton 0.7.0's text, the replacement): each must match exactly once
+    ("import pathlib\n", "import pathlib\nimport socket\nimport time\n"),
+    ("LOGGER = logging.getLogger(__name__)\n", None),  # the helpers above
+    ("        requests_payload = self._serializer_deserializer.serialize_requests(requests)\n",
+     "        _pt_cancel_keys(requests, requests_id)  # patched by pt_trtllm\n"
+     "        requests_payload = self._serializer_deserializer.serialize_requests(requests)\n"),
+    ("        eos = False\n        triton_responses_or_error = None\n        while not eos:\n            try:\n"
+     "                flags, responses_payload = await responses_queue.get()\n",
+     "        eos = False\n        triton_responses_or_error = None\n"
+     "        poll = _PtCancelPoll(triton_requests, requests_id)  # patched by pt_trtllm\n"
+     "        while not eos:\n            try:\n                flags, responses_payload = await poll.get(responses_queue)\n"),
+    ("                    triton_responses_or_error = pb_utils.TritonModelException(  # pytype: disable=module-attr\n"
+     "                        responses_payload.decode(\"utf-8\")\n                    )\n",
+     "                    triton_responses_or_error = _pt_error_responses(  # patched by pt_trtllm\n"
+     "                        responses_payload, len(triton_requests)\n                    )\n"),
+    ("        eos = False\n        while not eos:\n            try:\n"
+     "                flags, responses_payload = await responses_queue.get()\n",
+     "        eos = False\n        poll = _PtCancelPoll(triton_senders, requests_id)  # patched by pt_trtllm\n"
+     "        while not eos:\n            try:\n                flags, responses_payload = await poll.get(responses_queue)\n"),
+    ("error=pb_utils.TritonError(responses_payload.decode(\"utf-8\"))  # pytype: disable=module-attr",
+     "error=_pt_triton_error(responses_payload)  # patched by pt_trtllm"),
+]
+
+
+def patch_pytriton_proxy(model_store: Path, cancel_socket: Path | None) -> list[str]:
+    """Patch the copies of PyTriton 0.7.0's proxy files in this server's model store (the installed
+    package is untouched); returns notes of what was done. Each patch replaces a piece of text that
+    must occur exactly once; a file that differs is left as it is, with a note (the server then
+    runs with PyTriton's own behaviour).
+
+    communication.py:
     1. A start-up race. Triton initializes a model's instances in parallel. The first one starts
        a Unix-socket handshake server; the others wait (at most 1 s) for the socket file and
        connect once. Under load (many instances on few cores) the first may take longer than 1 s,
@@ -90,7 +178,19 @@ def patch_pytriton_proxy(model_store: Path) -> list[str]:
        retry a refused connect.
     2. Slow shutdown. Each instance's request loop checks for shutdown once a second and Triton
        unloads the instances one after the other: 16 instances took 16 s, more than Triton's exit
-       timeout. Patched: check every 0.1 s."""
+       timeout. Patched: check every 0.1 s.
+
+    model.py (the Python-backend model that forwards requests to this process):
+    3. Errors. PyTriton turns any error of the inference callable into an uncoded Triton error
+       (HTTP 500) wrapped in a traceback. A `RequestError` (`Unavailable`) arrives as one line;
+       patched: answered as Triton's INVALID_ARG, HTTP 400 (UNAVAILABLE, 503) with just its
+       message. Other errors stay as they were (500 with the traceback: a bug to report).
+    4. Cancellation. PyTriton never checks whether Triton cancelled a request. Patched: each
+       request gets the parameter `pt_cancel_key`, and while it runs the proxy asks Triton at most
+       every 0.1 s whether it was cancelled (`is_cancelled()` of the request, or of the response
+       sender for the decoupled model) and then reports the keys to `cancel_socket`
+       (triton_cancel.py). Nothing else changes: responses still flow until the server ends the
+       request (at its next step)."""
     notes = []
     for path in sorted(model_store.glob("*/*/communication.py")):
         text = path.read_text()
@@ -102,13 +202,25 @@ def patch_pytriton_proxy(model_store: Path) -> list[str]:
             continue
         path.write_text(patched)
         notes.append(f"patched {path.relative_to(model_store)}")
+    socket_path = str(cancel_socket) if cancel_socket is not None else None
+    for path in sorted(model_store.glob("*/*/model.py")):
+        text = path.read_text()
+        if any(text.count(old) != 1 for old, _ in _MODEL_PATCHES):
+            notes.append(f"{path}: PyTriton's proxy model is not the expected one; not patched")
+            continue
+        for old, new in _MODEL_PATCHES:
+            text = text.replace(old, _MODEL_HELPERS.replace("@CANCEL_SOCKET@", repr(socket_path)) if new is None else new)
+        path.write_text(text)
+        notes.append(f"patched {path.relative_to(model_store)}")
     return notes
 
 
-def make_workspace() -> Path:
-    """A fresh temporary directory for PyTriton's workspace and the libpython link."""
-    return Path(tempfile.mkdtemp(prefix="pt_serve_"))
+REQUEST_ERRORS = ("pt_trtllm.serve.requests.RequestError: ", "pt_trtllm.serve.requests.Unavailable: ")
+"""How a refused request's error reaches tritonserver (one line: the class, then the message)."""
 
 
-def remove_workspace(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def quiet_request_errors(record: logging.LogRecord) -> bool:
+    """A logging filter for PyTriton's inference handler: drop its warning (with a traceback) about a
+    request the server refused; the client got the message, the server has nothing to fix."""
+    last = record.getMessage().rstrip().rsplit("\n", 1)[-1]
+    return not last.startswith(REQUEST_ERRORS)

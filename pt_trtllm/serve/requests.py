@@ -12,9 +12,11 @@ from ..runtime.sampling import SamplingParams
 
 
 class RequestError(Exception):
-    """A request this server cannot run; the message is what the client sees.
+    """A request this server cannot run; the message is what the client sees (HTTP 400).
 
-    Triton's Python proxy formats errors with their traceback; this one has none to show."""
+    PyTriton formats a handler's error with its traceback; this one has none to show, so it arrives
+    in tritonserver as one line `pt_trtllm.serve.requests.RequestError: message`, which the patched
+    proxy (pytriton_env.py) answers as Triton's INVALID_ARG with just the message."""
 
     @property
     def __traceback__(self):  # noqa: D105 - hide the frames from traceback.format_exception
@@ -23,6 +25,10 @@ class RequestError(Exception):
     @__traceback__.setter
     def __traceback__(self, value):
         pass
+
+
+class Unavailable(RequestError):
+    """A request the server cannot run now (it is shutting down): HTTP 503 rather than 400."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,11 @@ samples their next token, and (5) retires finished sequences, moving the last ru
 into their slots so that the running ones always occupy slots 0..n-1 (what `TrackEngine.decode`
 runs). A request arriving while others generate joins at the next step boundary. What it does is
 counted in `stats` (stats.py).
+
+Cancellation: a front whose client went away (or whose stop string matched) calls `cancel(seqs)`
+from its thread. The scheduler drops those sequences at the next step boundary, before it plans
+the step, freeing their slots as (5) does: a sequence runs at most the one decode step that was in
+progress when it was cancelled (`cancel_lag_steps` in the statistics counts it).
 """
 
 from __future__ import annotations
@@ -46,6 +51,10 @@ class Sequence:
     pos: int = 0
     """Positions in the KV cache (the prompt, then one per decode step)."""
     generated: list[int] = field(default_factory=list)
+    cancelled: str | None = None
+    """Why a front cancelled it ("client gone" or "stop string"); set from the front's thread."""
+    cancelled_after: int = 0
+    """The scheduler's completed steps when it was cancelled."""
 
 
 class Scheduler:
@@ -65,6 +74,8 @@ class Scheduler:
         self._drain_deadline: float | None = None
         self.step_started: float | None = None
         """perf_counter() when the current step began (None between steps): the watchdog reads it."""
+        self.steps_done = 0
+        """Completed steps (what `cancel` records)."""
         self.stats = ServerStats(engine, schedule)
 
     # ---- called from any thread ---------------------------------------------------------------------
@@ -74,6 +85,16 @@ class Scheduler:
                 s.sink.finish("error", "the server is shutting down")
             return
         self._inbox.put(sequences)
+
+    def cancel(self, sequences: list[Sequence], why: str = "client gone") -> None:
+        """Stop generating `sequences` at the next step boundary (their sinks get "cancelled"); a
+        sequence already finished is left alone. `why`: "client gone" (counted as `cancelled`) or
+        "stop string" (counted as `stop_strings`)."""
+        for s in sequences:
+            if s.cancelled is None:
+                s.cancelled_after = self.steps_done
+                s.cancelled = why
+        self._inbox.put([])  # wake an idle loop
 
     def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop admitting; finish running sequences for up to `drain_timeout` s, then fail them."""
@@ -88,16 +109,17 @@ class Scheduler:
         the followers the stop plan."""
         while True:
             self._collect(block=not self.running and not self.waiting)
+            self.drop_cancelled()
             if self._stop.is_set():
                 for s in self.waiting:
                     self._fail(s, "the server is shutting down")
                 self.waiting.clear()
-                if not self.running:
-                    return
-                if time.monotonic() > self._drain_deadline:
+                if self.running and time.monotonic() > self._drain_deadline:
                     for s in self.running:
                         self._fail(s, "the server shut down before this request finished")
                     self.running.clear()
+                if not self.running:
+                    self._count_active()
                     return
             if not self.running and not self.waiting:
                 if not self.idle_check():
@@ -114,6 +136,25 @@ class Scheduler:
                 batch = self._inbox.get_nowait()
         except queue.Empty:
             pass
+        self._count_active()
+
+    def drop_cancelled(self) -> None:
+        """Finish the cancelled sequences (waiting or running) and free their slots."""
+        gone = [s for s in self.waiting if s.cancelled]
+        running = [s for s in self.running if s.cancelled]
+        if not gone and not running:
+            return
+        self.waiting = [s for s in self.waiting if not s.cancelled]
+        for s in gone + running:
+            self.stats.add(**{"cancelled" if s.cancelled == "client gone" else "stop_strings": 1})
+            s.sink.finish("cancelled")
+        if running:
+            self.stats.raise_to(cancel_lag_steps=max(self.steps_done - s.cancelled_after for s in running))
+            self._release(running)
+        self._count_active()
+
+    def _count_active(self) -> None:
+        self.stats.set(running=len(self.running), active_sequences=len(self.running) + len(self.waiting))
 
     def _admit(self) -> list[Sequence]:
         admitted, tokens = [], 0
@@ -161,6 +202,8 @@ class Scheduler:
             self._advance(decoding, logits)
         self.stats.raise_to(max_running=len(self.running))
         self._retire()
+        self.steps_done += 1
+        self._count_active()
         self.stats.add(steps=1, prefill_steps=int(bool(admitted)), prefilled_tokens=sum(map(len, plan.prompts)),
                        decoded_tokens=len(decoding), forward_passes=forwards, forward_s=forward,
                        step_s=time.perf_counter() - self.step_started)
@@ -194,6 +237,10 @@ class Scheduler:
             return
         for s in done:
             s.sink.finish("stop" if s.generated[-1] in s.spec.eos_ids else "length")
+        self._release(done)
+
+    def _release(self, done: list[Sequence]) -> None:
+        """Free the slots of `done` (running sequences): the last running sequences move into them."""
         keep = [s for s in self.running if s not in done]
         holes = sorted(s.slot for s in done if s.slot < len(keep))
         movers = [s for s in keep if s.slot >= len(keep)]  # as many as holes; disjoint slots

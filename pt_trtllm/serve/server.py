@@ -1,13 +1,14 @@
 """`mpirun -n T python scripts/serve.py ...`: the server's lifecycle. Every rank loads its track;
-rank 0 runs the fronts (front.py; Triton today) and the scheduler, the others follow. Start-up
-errors are agreed on by all ranks (every rank prints the first one, none hangs); the fronts start
-only after every rank has loaded and run a warm-up step together, so the ready endpoint never says
-ready before the model can serve.
+rank 0 runs the fronts (front.py: Triton, and the OpenAI API with --openai_port) and the scheduler,
+the others follow. Start-up errors are agreed on by all ranks (every rank prints the first one,
+none hangs); the fronts start only after every rank has loaded and run a warm-up step together, so
+the ready endpoint never says ready before the model can serve.
 
 Shutdown: SIGTERM or SIGINT (mpiexec forwards them to every rank) makes rank 0 stop admitting,
 finish the running requests (up to --drain_timeout s), send the followers the stop plan and stop
 the fronts; every rank exits 0. A rank that dies takes the job down (mpiexec kills the others, and
-tritonserver dies with rank 0); a step that does not finish within --step_timeout s (a rank hung)
+tritonserver dies with rank 0); a killed mpiexec too (every rank gets SIGTERM when the launcher's
+process that started it dies); a step that does not finish within --step_timeout s (a rank hung)
 makes rank 0 abort the job. So the server reports unhealthy or exits, and never hangs.
 """
 
@@ -28,12 +29,13 @@ from ..cli import add_device_flags, end_ids, load_tokenizer, write_atomic
 from ..formats import CheckpointError
 from ..runtime.launch import setup, start_on_all_ranks
 from ..schedule import CONTEXTS, check_schedule
-from .signals import Interrupted, Signals
+from .signals import Interrupted, Signals, die_with_parent
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Serve a PT model on T ranks behind Triton Inference Server "
-                                            "(models `pt` and `pt_stream`)")
+                                            "(models `pt` and `pt_stream`) and, with --openai_port, an "
+                                            "OpenAI-compatible API")
     p.add_argument("--engine_dir", required=True, help="per-rank checkpoint (convert_checkpoint.py)")
     p.add_argument("--tokenizer_dir", help="HF tokenizer: enables text_input / text_output")
     p.add_argument("--schedule", choices=CONTEXTS["server"],
@@ -42,6 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--http_port", type=int, default=8000)
     p.add_argument("--grpc_port", type=int, default=8001)
     p.add_argument("--metrics_port", type=int, default=8002)
+    p.add_argument("--openai_port", type=int, help="also serve the OpenAI-compatible API (/v1/completions, "
+                                                   "/v1/chat/completions, /v1/models) on this port; needs "
+                                                   "--tokenizer_dir")
+    p.add_argument("--served_model_name", help="the model name of the OpenAI API (default: --engine_dir as given)")
     p.add_argument("--max_batch_size", type=int, default=16, help="KV-cache slots: sequences generated at once")
     p.add_argument("--max_seq_len", type=int, help="positions per slot, prompt + output "
                                                   "(default: max_position_embeddings, at most 4096)")
@@ -81,16 +87,27 @@ def _warm_up(engine, channel, schedule, rank0: bool) -> None:
 
 
 def _fronts(args) -> list:
+    """The fronts, in the order they start: the OpenAI API first, so that Triton's ready endpoint
+    answering means every front serves."""
     from .triton_front import TritonFront
 
-    return [TritonFront(args.host, args.http_port, args.grpc_port, args.metrics_port, args.drain_timeout,
-                        args.instances, args.verbose)]
+    fronts = [TritonFront(args.host, args.http_port, args.grpc_port, args.metrics_port, args.drain_timeout,
+                          args.instances, args.verbose)]
+    if args.openai_port is not None:
+        from .openai_front import OpenAIFront
+
+        if not args.tokenizer_dir:
+            raise ValueError("--openai_port needs --tokenizer_dir (the OpenAI API takes and answers text)")
+        fronts.insert(0, OpenAIFront(args.host, args.openai_port, args.served_model_name or args.engine_dir,
+                                     args.drain_timeout, args.verbose))
+    return fronts
 
 
 def serve(args) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     signals = Signals().install()
+    die_with_parent()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 <rank pid>: print every thread's stack
     device, comm = setup(args.device, args.threads)
 

@@ -22,17 +22,19 @@ class CollectSink:
 
 
 class StreamSink:
-    """Streaming: every token wakes the request's loop."""
+    """Streaming: every token wakes the request's loop. Several sequences of one request may share
+    a queue; `key` tells their items apart."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.queue = loop, asyncio.Queue()
-        """Items: ("tokens", ids) and, last, ("end", (finish reason, error or None))."""
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue | None = None, key=0):
+        self.loop, self.key = loop, key
+        self.queue = asyncio.Queue() if queue is None else queue
+        """Items: (key, "tokens", ids) and, last, (key, "end", (finish reason, error or None))."""
 
     def tokens(self, ids):
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, ("tokens", ids))
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.key, "tokens", ids))
 
     def finish(self, reason, error=None):
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, ("end", (reason, error)))
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.key, "end", (reason, error)))
 
 
 def _resolve(future: asyncio.Future, value) -> None:

@@ -2,7 +2,8 @@
 document made of them, which the `pt_stats` model answers while the server runs, `--stats_json`
 writes at exit, and the "stopped (...)" line prints (docs/serving.md lists the fields).
 
-A new counter is one line in COUNTERS, and `stats.add(name=n)` where it happens.
+A new counter is one line in COUNTERS, and `stats.add(name=n)` where it happens (`set` for a gauge,
+`raise_to` for a peak).
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import time
 COUNTERS = {
     "sequences": 0,         # sequences received (each row of a batched request is one)
     "failed": 0,            # sequences that ended with an error
+    "cancelled": 0,         # sequences whose client went away before they finished (their slots freed)
+    "stop_strings": 0,      # sequences ended by one of their stop strings (OpenAI `stop`)
+    "cancel_lag_steps": 0,  # the most steps a cancelled sequence still ran after its cancel (a peak; bound: 1)
+    "running": 0,           # sequences in KV-cache slots now (a gauge: `set`)
+    "active_sequences": 0,  # sequences running or waiting for a slot now (a gauge: `set`)
     "steps": 0,             # scheduler steps (a prefill, a decode step, or both)
     "prefill_steps": 0,     # steps that prefilled prompts
     "prefilled_tokens": 0,  # prompt tokens prefilled
@@ -45,6 +51,11 @@ class ServerStats:
             for name, n in counts.items():
                 self._counts[name] += n
 
+    def set(self, **values) -> None:
+        """Gauges: each counter becomes the value given."""
+        with self._lock:
+            self._counts.update(values)
+
     def raise_to(self, **values) -> None:
         """Peaks: each counter becomes at least the value given."""
         with self._lock:
@@ -72,6 +83,6 @@ def stopped_line(s: dict) -> str:
     """The line rank 0 prints at exit, from a snapshot."""
     return (f"stopped ({s['stopped_by']}): {s['sequences']} sequences, {s['steps']} steps, {s['decoded_tokens']} "
             f"decoded tokens, {s['prefilled_tokens']} prefilled tokens, at most {s['max_running']} running at once, "
-            f"{s['failed']} failed; {s['ms_per_step']:.2f} ms per step, {100 * s['forward_share']:.0f}% of it in "
-            f"forward passes; {s['measured_merges_per_forward']:g} merges per forward pass, "
-            f"{s['other_collectives_per_step']:.2f} other collectives per step")
+            f"{s['failed']} failed, {s['cancelled']} cancelled; {s['ms_per_step']:.2f} ms per step, "
+            f"{100 * s['forward_share']:.0f}% of it in forward passes; {s['measured_merges_per_forward']:g} merges per "
+            f"forward pass, {s['other_collectives_per_step']:.2f} other collectives per step")

@@ -1,10 +1,14 @@
 """The Triton front (a `Front`): PyTriton's tritonserver with the models of triton_models.py, on
-HTTP, gRPC and metrics ports: its configuration, start, liveness and stop, and its workspace."""
+HTTP, gRPC and metrics ports: its configuration, start, liveness and stop, its workspace (and
+what dead servers left, workspace.py), and the listener of Triton's cancellations
+(triton_cancel.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sys
 
 from .front import Backend, Front, check_ports
 from .triton_protocol import GENERATE_MODEL, STREAM_MODEL
@@ -24,6 +28,7 @@ class TritonFront(Front):
         """Instances of `pt` (default: the KV-cache slots, at most 32)."""
         self.triton = None
         self.workspace = None
+        self.cancels = None
 
     def check(self) -> None:
         check_ports(self.host, self.ports)
@@ -31,12 +36,23 @@ class TritonFront(Front):
     def start(self, backend: Backend, interruptible) -> None:
         from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
 
-        from .pytriton_env import make_workspace, patch_pytriton_proxy, prepare_environment
+        from .pytriton_env import patch_pytriton_proxy, prepare_environment, quiet_request_errors
+        from .triton_cancel import MAX_PATH, SOCKET_NAME, CancelListener
         from .triton_models import PTModels, bind
+        from .workspace import Workspace, clean_dead_workspaces
 
-        self.workspace = make_workspace()
-        for note in prepare_environment(self.workspace):
+        logging.getLogger("pytriton.proxy.inference").addFilter(quiet_request_errors)
+        for note in clean_dead_workspaces():
+            print(note, flush=True)
+        self.workspace = Workspace()
+        for note in prepare_environment(self.workspace.path):
             LOG.info(note)
+        cancel_socket = self.workspace.path / SOCKET_NAME
+        if len(str(cancel_socket)) <= MAX_PATH:
+            self.cancels = CancelListener(cancel_socket, backend.scheduler)
+        else:
+            print(f"warning: {cancel_socket} is too long for a Unix socket: Triton's cancellations are not forwarded "
+                  f"(a shorter TMPDIR fixes it)", file=sys.stderr, flush=True)
         p = self.ports
         config = TritonConfig(http_address=self.host, http_port=p["http_port"], grpc_address=self.host,
                               grpc_port=p["grpc_port"], metrics_address=self.host, metrics_port=p["metrics_port"],
@@ -45,10 +61,13 @@ class TritonFront(Front):
         # a local model store: tritonserver loads every model before it opens its ports, so "ready"
         # is never answered before the models can serve (PyTriton's default loads them afterwards)
         policy = TritonLifecyclePolicy(launch_triton_on_startup=False, local_model_store=True)
-        self.triton = Triton(config=config, workspace=self.workspace / "pytriton", triton_lifecycle_policy=policy)
+        self.triton = Triton(config=config, workspace=self.workspace.path / "pytriton", triton_lifecycle_policy=policy)
+        with contextlib.suppress(Exception):  # PyTriton's private state: without it, no shared memory clean-up
+            self.workspace.record_shm_prefix(self.triton._python_backend_config["shm-region-prefix-name"])
         max_batch = backend.scheduler.max_batch
-        bind(self.triton, PTModels(backend), max_batch, self.instances or min(max_batch, 32))
-        for note in patch_pytriton_proxy(self.workspace / "pytriton" / "model-store"):
+        bind(self.triton, PTModels(backend, self.cancels), max_batch, self.instances or min(max_batch, 32))
+        store = self.workspace.path / "pytriton" / "model-store"
+        for note in patch_pytriton_proxy(store, self.cancels.path if self.cancels else None):
             LOG.info(note)
         # PyTriton waits for tritonserver holding a lock its exit handler needs: a signal now (which
         # mpiexec also delivers to tritonserver) would leave it waiting for minutes, so it interrupts
@@ -71,9 +90,9 @@ class TritonFront(Front):
 
     def stop(self, timeout: float) -> bool:
         """Stop tritonserver, then remove the workspace (also when it did not stop in time)."""
-        from .pytriton_env import remove_workspace
-
         stopped = super().stop(timeout)
+        if self.cancels is not None:
+            self.cancels.close()
         if self.workspace is not None:
-            remove_workspace(self.workspace)
+            self.workspace.remove()
         return stopped

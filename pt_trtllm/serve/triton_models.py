@@ -10,14 +10,16 @@ join the running batch. `pt_stream` is decoupled, so one instance takes any numb
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
 
 import numpy as np
 
 from .detok import IncrementalDetokenizer
 from .front import Backend
-from .requests import RequestError
+from .requests import Unavailable
 from .scheduler import Sequence
 from .sinks import CollectSink, StreamSink
+from .triton_cancel import CANCEL_KEY, CancelListener
 from .triton_protocol import (GENERATE_MODEL, INPUTS, OUTPUT_IDS, SEQUENCE_LENGTH, STATS_MODEL, STATS_OUTPUT,
                               STREAM_MODEL, TEXT_INPUT, TEXT_OUTPUT, TensorSpec)
 from .triton_requests import parse_triton_request
@@ -26,12 +28,25 @@ from .triton_requests import parse_triton_request
 class PTModels:
     """The handlers of the three models, over one backend."""
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, cancels: CancelListener | None = None):
         self.scheduler, self.tokenizer, self.limits = backend.scheduler, backend.tokenizer, backend.limits
+        self.cancels = cancels
 
     def _sequences(self, request, sink) -> list[Sequence]:
         specs = parse_triton_request(dict(request.items()), self.tokenizer, self.limits)
         return [Sequence(spec, sink()) for spec in specs]
+
+    @contextmanager
+    def _cancellable(self, request, seqs: list[Sequence]):
+        """While the sequences run, Triton's cancellation of `request` cancels them."""
+        key = (request.parameters or {}).get(CANCEL_KEY) if self.cancels is not None else None
+        if key is not None:
+            self.cancels.register(key, seqs)
+        try:
+            yield
+        finally:
+            if key is not None:
+                self.cancels.unregister(key)
 
     def _text(self, ids: list[int]) -> bytes:
         return self.tokenizer.decode(ids, skip_special_tokens=True).encode("utf-8")
@@ -43,11 +58,12 @@ class PTModels:
     async def _infer_one(self, request):
         loop = asyncio.get_running_loop()
         seqs = self._sequences(request, lambda: CollectSink(loop))
-        self.scheduler.submit(seqs)
-        results = [await s.sink.done for s in seqs]
+        with self._cancellable(request, seqs):
+            self.scheduler.submit(seqs)
+            results = [await s.sink.done for s in seqs]
         errors = [e for _, e in results if e]
         if errors:
-            raise RequestError(errors[0])
+            raise Unavailable(errors[0])
         lengths = [len(s.sink.ids) for s in seqs]
         ids = np.full((len(seqs), max(lengths)), -1, dtype=np.int32)
         for i, s in enumerate(seqs):
@@ -63,30 +79,31 @@ class PTModels:
         loop = asyncio.get_running_loop()
         (seq,) = self._sequences(request, lambda: StreamSink(loop))
         detok = IncrementalDetokenizer(self.tokenizer) if self.tokenizer is not None else None
-        self.scheduler.submit([seq])
-        while True:
-            kind, value = await seq.sink.queue.get()
-            ids, end = [], None
-            while True:  # take everything already queued: one response for it
-                if kind == "tokens":
-                    ids.extend(value)
-                else:
-                    end = value
-                if end is not None or seq.sink.queue.empty():
-                    break
-                kind, value = seq.sink.queue.get_nowait()
-            if end is not None and end[1]:
-                raise RequestError(end[1])
-            text = None
-            if detok is not None:
-                text = detok.add(ids) + (detok.finish() if end is not None else "")
-            if ids or text:
-                out = {OUTPUT_IDS.name: np.array([ids], dtype=np.int32)}
-                if text is not None:
-                    out[TEXT_OUTPUT.name] = np.array([[text.encode("utf-8")]], dtype=object)
-                yield [out]
-            if end is not None:
-                return
+        with self._cancellable(request, [seq]):
+            self.scheduler.submit([seq])
+            while True:
+                _, kind, value = await seq.sink.queue.get()
+                ids, end = [], None
+                while True:  # take everything already queued: one response for it
+                    if kind == "tokens":
+                        ids.extend(value)
+                    else:
+                        end = value
+                    if end is not None or seq.sink.queue.empty():
+                        break
+                    _, kind, value = seq.sink.queue.get_nowait()
+                if end is not None and end[1]:
+                    raise Unavailable(end[1])
+                text = None
+                if detok is not None:
+                    text = detok.add(ids) + (detok.finish() if end is not None else "")
+                if ids or text:
+                    out = {OUTPUT_IDS.name: np.array([ids], dtype=np.int32)}
+                    if text is not None:
+                        out[TEXT_OUTPUT.name] = np.array([[text.encode("utf-8")]], dtype=object)
+                    yield [out]
+                if end is not None:
+                    return
 
     def stats(self, requests):
         """`pt_stats`: the statistics document (stats.py) as JSON text."""

@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ..serve.workspace import clean_dead_workspaces
+
 REPO = Path(__file__).resolve().parents[2]
 SERVE = REPO / "scripts" / "serve.py"
 
@@ -70,9 +72,12 @@ class ServerProcess:
     """`with ServerProcess(ckpt, ranks=2, args=[...]) as server:` -> server.http / server.grpc."""
 
     def __init__(self, engine_dir, ranks: int = 2, args: list[str] | None = None, host: str = "127.0.0.1",
-                 log_path: str | Path | None = None, env: dict | None = None, script: str | Path = SERVE):
+                 log_path: str | Path | None = None, env: dict | None = None, script: str | Path = SERVE,
+                 openai: bool = False):
         self.engine_dir, self.ranks, self.args, self.host = str(engine_dir), ranks, list(args or []), host
-        self.http_port, self.grpc_port, self.metrics_port = free_ports(3, host)
+        self.http_port, self.grpc_port, self.metrics_port, port = free_ports(4, host)
+        self.openai_port = port if openai else None
+        """--openai_port (None: no OpenAI front)."""
         self.log_path = Path(log_path) if log_path else None
         # the server's temporary files (its Triton workspace) go here, removed with the server even
         # when a rank is killed and cannot remove them itself
@@ -91,10 +96,16 @@ class ServerProcess:
     def grpc(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
+    @property
+    def openai(self) -> str:
+        """The OpenAI API's base URL (what `openai.OpenAI(base_url=...)` takes)."""
+        return f"http://{self.host}:{self.openai_port}/v1"
+
     def command(self) -> list[str]:
         return [mpiexec(), "-n", str(self.ranks), sys.executable, self.script, "--engine_dir", self.engine_dir,
                 "--host", self.host, "--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port),
-                "--metrics_port", str(self.metrics_port), *self.args]
+                "--metrics_port", str(self.metrics_port),
+                *(["--openai_port", str(self.openai_port)] if self.openai_port else []), *self.args]
 
     def start(self, timeout: float = 180.0) -> "ServerProcess":
         self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
@@ -113,7 +124,9 @@ class ServerProcess:
         raise TimeoutError(f"the server was not ready within {timeout:.0f} s:\n{self.log_tail()}")
 
     def ready(self) -> bool:
-        return _http_ok(f"http://{self.http}/v2/health/ready")
+        """Triton ready (and the OpenAI API healthy, when served)."""
+        return _http_ok(f"http://{self.http}/v2/health/ready") and (
+            self.openai_port is None or _http_ok(f"http://{self.host}:{self.openai_port}/health"))
 
     def live(self) -> bool:
         return _http_ok(f"http://{self.http}/v2/health/live")
@@ -184,7 +197,8 @@ class ServerProcess:
         if self._log not in (None, subprocess.DEVNULL):
             self._log.close()
             self._log = None
-        if not self.leftovers():
+        if not self.leftovers():  # also the shared memory a killed server's stubs left (its workspace names it)
+            clean_dead_workspaces(self.tmp)
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def log_tail(self, chars: int = 4000) -> str:

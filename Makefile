@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.py constraints.txt | cksum | cut -d' ' -f1)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test lint benchmark clean
+.PHONY: venv demo test lint benchmark plugins clean
 
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,5 +28,17 @@ benchmark: $(STAMP)
 	    --input_lens 16,128 --output_lens 32 --repeats 15 \
 	    --output_json docs/benchmark-bench-tiny.json --output_md docs/benchmark-bench-tiny.md
 
+# plugins/ (libpt_trtllm_plugins.so, plugins/README.md): CMake (from PyPI when the machine lacks it), NCCL from
+# the nvidia-nccl-cu13 wheel, nvcc from PATH or /usr/local/bin; then the CPU unit tests (ctest).
+PLUGINS_BUILD ?= plugins/build
+NVCC ?= $(shell command -v nvcc || echo /usr/local/bin/nvcc)
+plugins: $(STAMP)
+	command -v cmake >/dev/null || $(PY) -m pip install -q cmake
+	$(PY) -c "import nvidia.nccl" 2>/dev/null || $(PY) -m pip install -q nvidia-nccl-cu13
+	cmake -S plugins -B $(PLUGINS_BUILD) -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER=$(NVCC) \
+	    -DNCCL_ROOT=$$($(PY) -c "import nvidia.nccl as n; print(list(n.__path__)[0])")
+	cmake --build $(PLUGINS_BUILD) -j
+	cd $(PLUGINS_BUILD) && ctest --output-on-failure
+
 clean:
-	rm -rf $(VENV) work
+	rm -rf $(VENV) work plugins/build

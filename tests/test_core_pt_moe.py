@@ -145,7 +145,7 @@ def mpirun(n: int, ckpt: Path, ids: list[list[int]], out: Path) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("case", ["dense_sparse_local_nope_dispatch_combine_T2_mean",
+@pytest.mark.parametrize("case", ["afm_defaults_shrunk_T2_mean_weightless_qknorm",
                                   "sparse_top1_afm_pattern_pre_residual_post_T4_sum"])
 def test_runtime_on_T_ranks_gives_tamm_greedy_tokens_past_the_window(converted, case, tmp_path):
     """mpiexec -n T scripts/run.py on the rank files: a batch of two prompts of different lengths

@@ -14,7 +14,7 @@ from pt_trtllm.serve_tools.client import infer, request_inputs
 from pt_trtllm.serve_tools.launcher import ServerProcess
 from test_core_pt_moe import CASES, tamm_greedy
 
-CASE = "dense_sparse_local_nope_dispatch_combine_T2_mean"  # window 5, 8 experts top-2, local + NoPE
+CASE = "afm_defaults_shrunk_T2_mean_weightless_qknorm"  # tamm's default layer patterns, window 5, 8 experts top-2
 MAX_TOKENS = [3, 12, 4, 10]  # the first to finish holds slot 0: the next running sequence moves into it
 
 

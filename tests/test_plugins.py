@@ -29,7 +29,10 @@ def _nvcc() -> str | None:
 
 
 def _nccl_root() -> Path | None:
-    spec = importlib.util.find_spec("nvidia.nccl")
+    try:
+        spec = importlib.util.find_spec("nvidia.nccl")
+    except ModuleNotFoundError:  # no nvidia namespace package at all
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))

@@ -1,5 +1,5 @@
 """Plain helpers shared by the tests: tiny random checkpoints (PT, tamm, Llama) with non-degenerate
-weights, the converter's command line run in-process or as a subprocess, and comparisons.
+weights, conversions (the converter's functions; scripts as subprocesses), and comparisons.
 
 Random weights follow std ~ 1/sqrt(fan_in) for every linear map (so activations keep their scale
 through the layers and random models produce varied text), norm weights ~ 1 + 0.1 * randn (so a
@@ -9,7 +9,6 @@ when the LM head is tied to them (otherwise the greedy next token is just the in
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -123,29 +122,35 @@ def edit_config(path: str | Path, **changes) -> dict:
     return data
 
 
-# ---- the converter's command line ------------------------------------------------------------
-_convert_module = None
+# ---- conversions ------------------------------------------------------------------------------
+def convert_ok(src: str | Path, dst: str | Path, **options) -> Path:
+    """`pt_trtllm.convert.writer.convert(src, dst, **options)` (no progress bar); returns `dst`."""
+    from pt_trtllm.convert.writer import convert
 
-
-def convert_main():
-    """`main(argv) -> exit status` of scripts/convert_checkpoint.py, imported from the file."""
-    global _convert_module
-    if _convert_module is None:
-        spec = importlib.util.spec_from_file_location("convert_checkpoint_script", CONVERT_SCRIPT)
-        _convert_module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(_convert_module)
-    return _convert_module.main
-
-
-def convert(src: str | Path, dst: str | Path, *args: str) -> int:
-    """Run scripts/convert_checkpoint.py in this process; returns its exit status."""
-    return convert_main()(["--model_dir", str(src), "--output_dir", str(dst), *map(str, args)])
-
-
-def convert_ok(src: str | Path, dst: str | Path, *args: str) -> Path:
-    rc = convert(src, dst, *args)
-    assert rc == 0, f"convert_checkpoint.py {src} -> {dst} {args} exited {rc}"
+    convert(src, dst, progress=False, **options)
     return Path(dst)
+
+
+def convert_refused(src: str | Path, dst: str | Path, **options) -> str:
+    """Convert `src` into `dst`, which must fail with ONE one-line CheckpointError (the command line
+    prints it as one `error:` line) and write nothing: no `dst` (unless it existed before) and no
+    temporary directory beside it. Returns the message."""
+    from pt_trtllm.convert.writer import convert
+    from pt_trtllm.formats import CheckpointError
+
+    dst = Path(dst)
+    existed = dst.exists()
+    try:
+        convert(src, dst, progress=False, **options)
+    except CheckpointError as e:
+        message = str(e)
+    else:
+        raise AssertionError(f"converting {src} -> {dst} {options} did not fail")
+    print(message)
+    assert "\n" not in message, f"not one line: {message!r}"
+    assert existed or not dst.exists(), f"{dst} was created"
+    assert not leftovers(dst.parent, dst.name), f"temporary directories left behind: {leftovers(dst.parent, dst.name)}"
+    return message
 
 
 def run_script(script: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -161,6 +166,12 @@ def leftovers(parent: Path, name: str) -> list[str]:
 
 
 # ---- comparisons ------------------------------------------------------------------------------
+def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, what: str) -> None:
+    """`torch.testing.assert_close(actual, expected, atol=atol, rtol=0)`, printing the max |diff|."""
+    report(what, max_diff(actual, expected))
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=lambda m: f"{what}: {m}")
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
     return (a.float() - b.float()).abs().max().item()

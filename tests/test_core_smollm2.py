@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from helpers import EXPORT_SMOLLM2_SCRIPT, convert_ok, max_diff, report, run_script
+from helpers import EXPORT_SMOLLM2_SCRIPT, assert_logits_close, convert_ok, max_diff, report, run_script
 from pt_trtllm import PTForCausalLM
 
 PROMPT = "The capital of France is"
@@ -57,8 +57,7 @@ def test_export_smollm2_reports_a_missing_gguf_in_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def smollm2_pt3(smollm2_dir, tmp_path_factory):
     """SmolLM2 converted to 3 tracks (3 query heads and 1 KV head per track) in the HF PT format."""
-    return convert_ok(smollm2_dir, tmp_path_factory.mktemp("smollm2_pt") / "pt3", "--output_format", "hf",
-                      "--num_tracks", 3)
+    return convert_ok(smollm2_dir, tmp_path_factory.mktemp("smollm2_pt") / "pt3", output_format="hf", num_tracks=3)
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +80,7 @@ def test_smollm2_in_3_tracks_continues_like_transformers(smollm2_pt3, smollm2_mo
     with torch.no_grad():
         want = llama(ids).logits
         got = pt(ids, use_cache=False, schedule="sublayer").logits
-    diff = max_diff(got, want)
-    line = report(f"SmolLM2 T=3 sublayer prompt logits (|logits| up to {want.abs().max():.1f})", diff)
-    assert diff <= LOGIT_TOL, line
+    assert_logits_close(got, want, LOGIT_TOL, f"SmolLM2 T=3 sublayer prompt logits (|logits| up to {want.abs().max():.1f})")
 
     gen = dict(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
     want_tokens = llama.generate(ids, attention_mask=torch.ones_like(ids), **gen)[0, ids.shape[1]:].tolist()

@@ -1,11 +1,11 @@
 """Parity with Apple's tamm 0.2.0 (the only public PT implementation, pt-spec preamble): tiny random
-tamm PT models saved as tamm HF checkpoints, converted by scripts/convert_checkpoint.py
---output_format hf and run by this project, give the same logits as tamm's own HF model."""
+tamm PT models saved as tamm HF checkpoints, converted to the HF PT format by the converter and run
+by this project, give the same logits as tamm's own HF model."""
 
 import pytest
 import torch
 
-from helpers import CONVERT_SCRIPT, TAMM_TINY, convert_ok, leftovers, make_tamm_checkpoint, max_diff, random_ids, report, run_script
+from helpers import TAMM_TINY, assert_logits_close, convert_ok, convert_refused, make_tamm_checkpoint, random_ids
 from pt_trtllm import PTForCausalLM
 
 TOL = 1e-4
@@ -28,12 +28,13 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_tamm_model_converted_to_hf_matches_tamm_logits(tmp_path, case):
-    """A random tamm PT model converted with --output_format hf gives tamm's logits (<= 1e-4) on a
-    batch of 2 prompts as long as the converted max_position_embeddings (the attention window +
-    1), and the converted config says what the tamm model is (T, L, D, combine, norms, gptj, tied)."""
+    """A random tamm PT model converted to the HF PT format gives tamm's logits (<= 1e-4) on a
+    batch of 2 prompts of W + 1 tokens (W = tamm's local attention window), and the converted
+    config says what the tamm model is (T, L, D, combine, norms, gptj, tied, local RoPE attention
+    of window W, max_position_embeddings max(4096, W + 1): tamm has none)."""
     overrides = CASES[case]
     src, tamm_model = make_tamm_checkpoint(tmp_path / "tamm", seed=len(case), **overrides)
-    dst = convert_ok(src, tmp_path / "pt", "--output_format", "hf")
+    dst = convert_ok(src, tmp_path / "pt", output_format="hf")
     model = PTForCausalLM.from_pretrained(dst).eval()
     cfg = model.config
 
@@ -46,33 +47,25 @@ def test_tamm_model_converted_to_hf_matches_tamm_logits(tmp_path, case):
     assert cfg.track_combine_norm == ("tracks_combine_norm" in overrides)
     assert cfg.rope_style == "gptj" and cfg.qk_norm and cfg.tie_word_embeddings
     assert cfg.num_attention_heads == T * tc["num_heads"] and cfg.num_key_value_heads == T * tc["num_kv_heads"]
-    assert cfg.max_position_embeddings == tc["local_attention_window_size"] + 1
+    W = tc["local_attention_window_size"]
+    assert (cfg.attention_layer_pattern, cfg.attention_window) == (["local_rope"], W)
+    assert cfg.max_position_embeddings == max(4096, W + 1)
 
-    ids = random_ids(cfg.vocab_size, (2, cfg.max_position_embeddings), seed=1)
+    ids = random_ids(cfg.vocab_size, (2, W + 1), seed=1)
     with torch.no_grad():
         want = tamm_model(ids).logits.float()
         got = model(ids, use_cache=False).logits
-    diff = max_diff(got, want)
-    line = report(f"tamm parity [{case}] (|logits| up to {want.abs().max():.1f})", diff)
-    assert diff <= TOL, line
+    assert_logits_close(got, want, TOL, f"tamm parity [{case}] (|logits| up to {want.abs().max():.1f})")
     assert want.std() > 1.0, "degenerate random tamm model (flat logits)"
 
 
 def test_tamm_features_outside_the_spec_are_refused_all_at_once(tmp_path):
-    """A tamm model using MoE 'sparse' layers, 'global_nope' attention, post_norm,
-    pre_residual_norm and a non-rms_norm pre_norm is refused by the converter's command line with
-    ONE error naming every one of these features, a nonzero exit, and no output directory (nor
-    temporary directory) left behind."""
-    src, _ = make_tamm_checkpoint(
-        tmp_path / "tamm", feed_forward_layer_pattern=("dense", "sparse"),
-        attention_layer_pattern=("local_rope", "global_nope"), post_norm="rms_norm", pre_residual_norm="rms_norm",
-        pre_norm="pre_scale_rms_norm", num_experts=2, num_experts_per_token=1, sparse_feed_forward_hidden_dim=16)
-    out = tmp_path / "out"
-    result = run_script(CONVERT_SCRIPT, "--model_dir", src, "--output_dir", out, "--output_format", "hf")
-    print(result.stderr)
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    for needle in ("sparse", "global_nope", "post_norm", "pre_residual_norm", "pre_norm='pre_scale_rms_norm'"):
-        assert needle in errors[0], f"{needle!r} not named in {errors[0]!r}"
-    assert not out.exists() and not leftovers(tmp_path, "out")
+    """A tamm model using pre_scale_rms_norm for its pre-norm, post-norm, pre-residual norm and
+    track dispatch and combine norms (pt-spec has plain RMSNorms only) is refused with ONE one-line
+    error naming every one of these fields, and no output directory (nor temporary directory) left
+    behind."""
+    fields = ("pre_norm", "post_norm", "pre_residual_norm", "tracks_dispatch_norm", "tracks_combine_norm")
+    src, _ = make_tamm_checkpoint(tmp_path / "tamm", **dict.fromkeys(fields, "pre_scale_rms_norm"))
+    err = convert_refused(src, tmp_path / "out", output_format="hf")
+    for field in fields:
+        assert f"{field}='pre_scale_rms_norm' is not supported" in err, f"{field} not named in {err!r}"

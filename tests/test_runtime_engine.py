@@ -1,8 +1,11 @@
 """The engine in one process (T=1, no MPI): the same tokens and logits as PTForCausalLM, eager and
-torch.compile'd decode steps."""
+torch.compile'd decode steps, and the request limits."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 
 from helpers import make_pt_model
@@ -32,3 +35,32 @@ def test_compiled_decode_gives_the_eager_tokens(tmp_path):
     assert (runs[False].prefill_logits - ref_logits).abs().max() <= 1e-4
     assert runs[False].output_ids == ref_tokens[:, 5:].tolist()
     assert runs[True].output_ids == runs[False].output_ids
+
+
+@pytest.fixture(scope="module")
+def small_engine() -> TrackEngine:
+    """An engine of a random one-track model (512-token vocabulary): max_batch 2, max_len 32."""
+    model = make_pt_model("tiny", seed=0, **{k: v for k, v in T1.items() if k != "qk_norm"})
+    return TrackEngine.from_model(model.model, model.lm_head.weight, Communicator(0, 1), torch.device("cpu"),
+                                  max_batch=2, max_len=32)
+
+
+@pytest.mark.parametrize("prompts, max_output_len, message", [
+    ([[1] * 24, [2]], 8, None),  # 2 prompts, 24 = 32 - 8 tokens
+    ([[0, 511]], 30, None),  # ids 0 and V - 1, 2 = 32 - 30 tokens
+    ([[1] * 25], 8, "prompt 0 has 25 tokens; with max_output_len=8 the limit is 24"),
+    ([[1], [2], [3]], 8, "3 prompts exceed the maximum batch size 2"),
+    ([[1, 512]], 8, "outside [0, 512)"),
+    ([[-1]], 8, "outside [0, 512)"),
+    ([[1]], 0, "max_output_len must be >= 1"),
+    ([[1], []], 8, "prompt 1 is empty"),
+])
+def test_check_request_refuses_exactly_past_each_limit(small_engine, prompts, max_output_len, message):
+    """An engine of max_batch 2 and max_len 32 on a 512-token vocabulary accepts a batch at every
+    limit (prompt + output = 32 positions, 2 prompts, ids 0 and 511) and refuses one step past each
+    with a message naming it."""
+    if message is None:
+        small_engine.check_request(prompts, max_output_len)
+    else:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            small_engine.check_request(prompts, max_output_len)

@@ -1,10 +1,13 @@
 """The track-parallel runtime under `mpiexec -n 2` and `-n 3` (subprocesses): the same tokens as the
 single-process model, logits within 1e-4 (fp32), L/D or 2L merges per forward pass and no other
-collective inside it, batched prompts of different lengths, sampling, EOS, and every error path."""
+collective inside it, QK-norm with gptj RoPE and residual_sum on the fused path, batched prompts of
+different lengths, sampling (temperature applied, every rank holding rank 0's tokens, seeded and
+unseeded), EOS, and every error path."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -23,6 +26,10 @@ RUN = str(REPO / "scripts" / "run.py")
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 PROMPTS = [[5, 17, 33, 2, 99, 100, 7], [400, 3, 3, 250, 11, 64, 1]]
 T3 = dict(num_tracks=3, num_attention_heads=6, num_key_value_heads=3, intermediate_size=384)
+# QK-norm (learned weights, after gptj RoPE, as tamm) and the residual_sum merge, on the runtime's
+# fused qkv path; its LM head is scaled up so that the next token is clear at low temperature
+QK = dict(qk_norm=True, rope_style="gptj", combine_op="residual_sum")
+PEAK = 8.0
 
 
 def mpirun(n: int, ckpt: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -37,10 +44,14 @@ def ids_arg(prompts) -> str:
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
-    """Random fp32 PT models (T=2 tiny, T=3 tiny variant) and their per-rank checkpoints."""
+    """Random fp32 PT models (T=2 tiny, T=3 tiny variant, T=2 QK-norm variant with its LM head
+    scaled by PEAK) and their per-rank checkpoints."""
     out = {}
-    for name, overrides in (("t2", {}), ("t3", T3)):
+    for name, overrides in (("t2", {}), ("t3", T3), ("t2q", QK)):
         model = make_pt_model("tiny", seed=1, **overrides)
+        if name == "t2q":
+            with torch.no_grad():
+                model.lm_head.weight.mul_(PEAK)
         hf = tmp_path_factory.mktemp(f"{name}_hf")
         model.save_pretrained(hf)
         ckpt = tmp_path_factory.mktemp(name) / "ckpt"
@@ -56,6 +67,18 @@ def reference(model, prompts, schedule, max_new):
         tokens = [model.generate(torch.tensor([p]), max_new_tokens=max_new, do_sample=False, schedule=schedule,
                                  eos_token_id=None, pad_token_id=0)[0, len(p):].tolist() for p in prompts]
     return logits, tokens
+
+
+def run_json(ranks: int, ckpt: Path, tmp_path: Path, *args: str) -> dict:
+    """Run scripts/run.py on `ranks` ranks; its --output_json record, after checking that it exited
+    0 and that every rank reported the digest of the same generated ids."""
+    out = tmp_path / "out.json"
+    r = mpirun(ranks, ckpt, *args, "--output_json", str(out))
+    assert r.returncode == 0, r.stderr
+    record = json.loads(out.read_text())
+    assert len(record["rank_digests"]) == ranks and len(set(record["rank_digests"])) == 1, record["rank_digests"]
+    out.unlink()
+    return record
 
 
 @pytest.mark.parametrize("name,ranks,schedule", [("t2", 2, "block"), ("t2", 2, "sublayer"),
@@ -83,6 +106,25 @@ def test_mpi_matches_single_process_model(models, tmp_path, name, ranks, schedul
     assert out["other_collectives_per_forward"] == 0
     assert out["other_collectives_per_step"] == 1
     assert out["schedule"] == schedule and out["world_size"] == ranks and out["communicator"] == "mpi4py"
+    assert len(out["rank_digests"]) == ranks and len(set(out["rank_digests"])) == 1, out["rank_digests"]
+
+
+def test_qk_norm_model_matches_single_process_model(models, tmp_path):
+    """A QK-norm model (learned q/k norms after gptj RoPE, residual_sum merges) on 2 ranks, where the
+    runtime uses its fused qkv path: PTForCausalLM's prefill logits within 1e-4 and its greedy
+    tokens, with L/D merges per forward pass."""
+    model, ckpt = models["t2q"]
+    cfg = model.config
+    assert cfg.qk_norm and cfg.rope_style == "gptj" and cfg.combine_op == "residual_sum"
+    out = run_json(2, ckpt, tmp_path, "--input_ids", ids_arg(PROMPTS), "--max_output_len", "12",
+                   "--output_logits", str(tmp_path / "logits.npy"))
+    ref_logits, ref_tokens = reference(model, PROMPTS, "block", 12)
+    diff = float(np.abs(np.load(tmp_path / "logits.npy") - ref_logits).max())
+    print(f"t2q block: max |logit diff| = {diff:.2e} (|logits| up to {np.abs(ref_logits).max():.1f})")
+    assert diff <= 1e-4, diff
+    assert out["output_ids"] == ref_tokens
+    assert all(len(set(t)) > 3 for t in ref_tokens), "degenerate random model"
+    assert out["merges_per_forward"] == cfg.num_hidden_layers // cfg.block_depth
 
 
 def test_none_schedule_is_labelled_not_a_model_output(models, tmp_path):
@@ -122,16 +164,63 @@ def test_generation_stops_at_eos_and_includes_it(models, tmp_path):
 
 
 def test_seeded_sampling_is_reproducible_and_differs_from_greedy(models, tmp_path):
-    """Sampling with the same seed gives the same tokens twice; a different seed other tokens."""
-    _, ckpt = models["t2"]
+    """Sampling (temperature 1, top_k 50, top_p 0.95) with the same seed gives the same tokens twice;
+    a different seed other tokens; both differ from the single-process model's greedy tokens; on
+    every run both ranks hold the same tokens (rank digests agree)."""
+    model, ckpt = models["t2"]
     outs = []
     for seed in (3, 3, 4):
-        r = mpirun(2, ckpt, "--input_ids", "1,2,3", "--max_output_len", "16", "--temperature", "1.0",
-                   "--top_k", "50", "--top_p", "0.95", "--seed", str(seed), "--output_json", str(tmp_path / "o.json"))
-        assert r.returncode == 0, r.stderr
-        outs.append(json.loads((tmp_path / "o.json").read_text())["output_ids"])
+        outs.append(run_json(2, ckpt, tmp_path, "--input_ids", "1,2,3", "--max_output_len", "16", "--temperature",
+                             "1.0", "--top_k", "50", "--top_p", "0.95", "--seed", str(seed))["output_ids"])
+    _, greedy = reference(model, [[1, 2, 3]], "block", 16)
     assert outs[0] == outs[1]
     assert outs[0] != outs[2]
+    assert outs[0] != greedy and outs[2] != greedy
+
+
+def test_unseeded_sampling_ranks_hold_rank_0s_tokens(models, tmp_path):
+    """Unseeded sampling on 3 ranks: every rank reports the digest of the same generated ids (so
+    the ranks use rank 0's broadcast tokens, not tokens each drew itself), and the run exits 0."""
+    _, ckpt = models["t3"]
+    out = run_json(3, ckpt, tmp_path, "--input_ids", "1,2,3;9,8,7", "--max_output_len", "16", "--temperature", "1.0")
+    assert [len(t) for t in out["output_ids"]] == [16, 16]
+
+
+def peaked_prompt(model, new: int, cold: float, hot: float, bound: float = 1e-6):
+    """A prompt on which `model`'s greedy continuation of `new` tokens is (nearly) certain when
+    sampling at temperature `cold` and (nearly) impossible at `hot`, from the model's own logits
+    (no sampler involved): P(cold sample != greedy) <= sum over steps of 1 - p_cold(greedy token),
+    P(hot sample == greedy) = product over steps of p_hot(greedy token); both <= `bound`.
+    Returns (prompt, greedy tokens, the two probabilities)."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        prompt = torch.randint(3, model.config.vocab_size, (1, 6), generator=gen)
+        with torch.no_grad():
+            out = model.generate(prompt, max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0,
+                                 output_logits=True, return_dict_in_generate=True)
+        logits = torch.stack(out.logits, 1)[0].double()  # [new, V]
+        greedy = out.sequences[0, 6:]
+        p_cold = (logits / cold).softmax(-1).gather(-1, greedy[:, None])[:, 0]
+        p_hot = (logits / hot).log_softmax(-1).gather(-1, greedy[:, None])[:, 0]
+        deviate, stay = float((1 - p_cold).sum()), math.exp(float(p_hot.sum()))
+        if deviate <= bound and stay <= bound and len(set(greedy.tolist())) > 3:
+            return prompt[0].tolist(), greedy.tolist(), deviate, stay
+    pytest.fail(f"no prompt of this random model is peaked enough at temperature {cold} (scale its LM head)")
+
+
+def test_temperature_far_from_one_is_applied(models, tmp_path):
+    """Seeded sampling at temperature 0.02 gives the single-process model's greedy tokens, and at
+    5.0 with the same seed it does not (each is certain up to 1e-6, computed from the model's
+    logits). A sampler that ignored the temperature would draw the same tokens in both runs, so it
+    fails one of the two. Both ranks hold the same tokens."""
+    model, ckpt = models["t2q"]
+    prompt, greedy, deviate, stay = peaked_prompt(model, 10, 0.02, 5.0)
+    print(f"prompt {prompt}: P(t=0.02 != greedy) <= {deviate:.1e}, P(t=5 == greedy) = {stay:.1e}")
+    args = ("--input_ids", ids_arg([prompt]), "--max_output_len", "10", "--seed", "11", "--temperature")
+    cold = run_json(2, ckpt, tmp_path, *args, "0.02")["output_ids"]
+    hot = run_json(2, ckpt, tmp_path, *args, "5.0")["output_ids"]
+    assert cold == [greedy]
+    assert hot != [greedy] and len(hot[0]) == 10
 
 
 def test_wrong_world_size_fails_on_every_rank(models):

@@ -18,7 +18,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "tamm==0.2.0", "gguf>=0.10", "mpich", "mpi4py>=4",
-                 "openai>=1.40"],  # the official client, against the OpenAI-compatible API
+                 "openai>=1.40",  # the official client, against the OpenAI-compatible API
+                 "nvidia-nccl-cu13"],  # nccl.h and libnccl.so.2: CI links plugins/ (tests/test_plugins.py)
         "serve": ["nvidia-pytriton==0.7.0", "tritonclient[all]", "matplotlib",  # PyTriton bundles tritonserver
                   "fastapi>=0.110", "uvicorn>=0.30"],  # the OpenAI-compatible API (serve.py --openai_port)
         # TensorRT-LLM 1.2.1 brings its own torch (docs/trtllm.md); not installable on CPU-only machines

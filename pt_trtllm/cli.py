@@ -13,10 +13,21 @@ from pathlib import Path
 import numpy as np
 
 
+COMMUNICATORS = ("mpi4py", "nccl", "pt_plugin")
+
+
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
-    """--device, --threads and --no_cuda_graphs (read by runtime.launch.setup and TrackEngine)."""
+    """--device, --threads, --comm, --plugin_transport and --no_cuda_graphs (read by
+    runtime.launch.setup and TrackEngine)."""
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
     parser.add_argument("--threads", type=int, help="torch threads per rank on CPU (default: cores / local ranks)")
+    parser.add_argument("--comm", choices=COMMUNICATORS,
+                        help="the communicator: mpi4py (CPU), nccl (CUDA; torch.distributed) or pt_plugin (CUDA: the "
+                             "merges through libpt_trtllm_plugins.so, the rest through mpi4py); default: mpi4py on "
+                             "CPU, nccl on CUDA")
+    parser.add_argument("--plugin_transport", choices=("auto", "nccl", "oneshot"), default="auto",
+                        help="--comm pt_plugin: the library's all-reduce (auto: one-shot over peer memory for small "
+                             "messages, NCCL otherwise; oneshot also lets ranks share one GPU)")
     parser.add_argument("--no_cuda_graphs", action="store_true", help="run CUDA decode steps eagerly")
 
 

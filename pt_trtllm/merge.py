@@ -27,12 +27,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-MERGE_IMPLS = ("allreduce", "allreduce_fused_norm")
+MERGE_IMPLS = ("allreduce", "allreduce_fused_norm", "pt_plugin")
 """Values of config.json's `merge_impl`. "allreduce": one unfused sum all-reduce, then the combine
 op and the next norm as separate operations (the default). "allreduce_fused_norm": in a TensorRT-LLM
 engine, one AllReduce plugin node that also adds the residual and applies the next RMSNorm
 (pt_trtllm/trtllm/merges.py); the PyTorch runtime serves it with the unfused AllReduceMerge, which
-computes the same values."""
+computes the same values. "pt_plugin": one PTTrackMerge node of the project's own plugin library
+(plugins/, pt_trtllm/plugin_lib.py) per merge, the all-reduce and the next RMSNorm in one node; the
+PyTorch runtime serves it with AllReduceMerge too (its own use of the library is `--comm pt_plugin`,
+a communicator choice, not a checkpoint field)."""
 DEFAULT_MERGE_IMPL = "allreduce"
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
@@ -91,6 +94,9 @@ class AllReduceMerge(Merge):
 
 def make_merge(impl: str, combine_op: str, num_tracks: int, comm) -> Merge:
     """The served merge of `merge_impl` = `impl` for one rank of `comm`: AllReduceMerge for every
-    value (the fused norm of "allreduce_fused_norm" exists only in TensorRT-LLM engines)."""
+    value (the fused norms of "allreduce_fused_norm" and "pt_plugin" exist only in TensorRT-LLM
+    engines), unless `comm` makes its own merges (runtime/plugin_comm.py, whatever the value)."""
     check_merge_impl(impl)
+    if hasattr(comm, "make_merge"):  # a communicator that merges itself (--comm pt_plugin)
+        return comm.make_merge(combine_op, num_tracks)
     return AllReduceMerge(combine_op, num_tracks, comm)

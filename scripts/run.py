@@ -18,6 +18,7 @@ import traceback
 
 from pt_trtllm.cli import add_device_flags, end_ids, load_tokenizer, npy_bytes, parse_prompts, report, write_atomic
 from pt_trtllm.formats import CheckpointError
+from pt_trtllm.plugin_lib import PluginLibraryError
 from pt_trtllm.runtime.launch import setup, start_on_all_ranks
 from pt_trtllm.runtime.sampling import SamplingParams
 from pt_trtllm.schedule import CONTEXTS
@@ -54,7 +55,11 @@ def main(argv=None) -> int:
 
         return run_engine(args)
 
-    device, comm = setup(args.device, args.threads)
+    try:
+        device, comm = setup(args.device, args.threads, args.comm, args.plugin_transport)
+    except (ValueError, PluginLibraryError) as e:  # the same on every rank
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     def start():
         from pt_trtllm.runtime.engine import TrackEngine

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ import pytest
 from helpers import REPO
 
 PLUGINS = REPO / "plugins"
-C_API = ("pt_merge_get_unique_id", "pt_merge_create", "pt_merge_run", "pt_merge_destroy", "pt_merge_last_error")
+C_API = ("pt_merge_get_unique_id", "pt_merge_create", "pt_merge_ipc_handle", "pt_merge_connect", "pt_merge_transport_for",
+         "pt_merge_run", "pt_merge_destroy", "pt_merge_last_error")
 
 
 def _nvcc() -> str | None:
@@ -65,13 +67,100 @@ def test_merge_arithmetic_on_cpu(build_dir):
     assert report.strip().endswith(" 0 failures") and int(report.split()[-4]) > 10000, report[-2000:]
 
 
-def test_library_exports_the_c_api(build_dir):
+def _library(build_dir: Path) -> Path:
     if _nccl_root() is None:
         pytest.skip("the NCCL wheel is not installed (pip install nvidia-nccl-cu13; `make plugins` does): "
                     "the library with its NCCL transport was not built")
+    return build_dir / "libpt_trtllm_plugins.so"
+
+
+def test_library_exports_the_c_api(build_dir):
+    _library(build_dir)
     nm = shutil.which("nm")
     if nm is None:
         pytest.skip("nm not found")
     symbols = _run([nm, "-D", "--defined-only", str(build_dir / "libpt_trtllm_plugins.so")]).stdout.split()
     assert sorted(s for s in symbols if s.startswith("pt_merge")) == sorted(C_API)
 
+
+
+def test_the_runtime_bindings_match_the_c_header(tmp_path):
+    """pt_trtllm/runtime/plugin_comm.py's ctypes structures have the C header's sizes, field offsets
+    and field sizes (a C program compiled against plugins/include/pt_merge.h prints them)."""
+    import ctypes
+
+    from pt_trtllm.runtime import plugin_comm
+
+    cc, nvcc = shutil.which("cc") or shutil.which("gcc"), _nvcc()
+    if cc is None or nvcc is None:
+        pytest.skip("needs a C compiler and the CUDA headers (nvcc's toolkit)")
+    dryrun = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull], capture_output=True, text=True).stderr
+    cuda_include = dryrun.split('INCLUDES="-I', 1)[1].split('"', 1)[0]  # the toolkit's include/, as nvcc sees it
+    structs = {"pt_merge_config": plugin_comm._Config, "pt_merge_norms": plugin_comm._Norms,
+               "pt_merge_outputs": plugin_comm._Outputs}
+    lines = [f'printf("{n} size %zu\\n", sizeof({n}));' for n in structs]
+    lines += [f'printf("{n} {f} %zu %zu\\n", offsetof({n}, {f}), sizeof((({n}*)0)->{f}));'
+              for n, c in structs.items() for f, _ in c._fields_]
+    (tmp_path / "layout.c").write_text("#include <stddef.h>\n#include <stdio.h>\n#include \"pt_merge.h\"\n"
+                                       "int main(void) {\n" + "\n".join(lines) + "\nreturn 0; }\n")
+    _run([cc, "-I", str(PLUGINS / "include"), "-I", str(cuda_include), str(tmp_path / "layout.c"), "-o",
+          str(tmp_path / "layout")])
+    printed = {}
+    for line in _run([str(tmp_path / "layout")]).stdout.splitlines():
+        struct, field, *numbers = line.split()
+        printed[struct, field] = [int(v) for v in numbers]
+    expected = {(n, "size"): [ctypes.sizeof(c)] for n, c in structs.items()}
+    expected |= {(n, f): [getattr(c, f).offset, getattr(c, f).size] for n, c in structs.items() for f, _ in c._fields_}
+    assert printed == expected
+    assert (plugin_comm.UNIQUE_ID_BYTES, plugin_comm.IPC_HANDLE_BYTES) == (128, 64)
+
+
+CHECK_ERRORS = """
+import ctypes, json
+from pt_trtllm.runtime.plugin_comm import _Config, _library
+lib, ctx, out = _library(), ctypes.c_void_p(), []
+uid = ctypes.create_string_buffer(128)
+out.append([lib.pt_merge_get_unique_id(uid), uid.raw != bytes(128)])
+for args in ((5, 2, 2), (0, 17, 2), (0, 2, 1), (0, 2, 7), (0, 2, 2)):  # rank, num_ranks, transport
+    rank, ranks, transport = args
+    status = lib.pt_merge_create(ctypes.byref(_Config(rank, ranks, 0, None, 2, 0, 0, 64, 8, transport, 0)),
+                                 ctypes.byref(ctx))
+    out.append([status, lib.pt_merge_last_error().decode()])
+print(json.dumps(out))
+"""
+
+
+def test_the_library_refuses_bad_configs_through_the_runtime_bindings(build_dir):
+    """The library loads through pt_trtllm.plugin_lib ($PT_TRTLLM_PLUGINS_LIB), an NCCL id is made
+    (no GPU needed), and pt_merge_create refuses each bad config with its status and a one-line
+    message; a valid one-shot config gets to CUDA and fails there (no GPU here), status 2."""
+    import json
+
+    lib = _library(build_dir)
+    env = {**os.environ, "PT_TRTLLM_PLUGINS_LIB": str(lib), "PYTHONPATH": str(REPO)}
+    got = json.loads(_run([sys.executable, "-c", CHECK_ERRORS], env=env).stdout)
+    assert got[0] == [0, True]
+    assert got[1:5] == [[1, "pt_merge_create: rank 5 is not in 0..1"],
+                        [1, "pt_merge_create: the one-shot transport takes at most 16 ranks, got 17"],
+                        [1, "pt_merge_create: unique_id is null"],
+                        [1, "pt_merge_create: unknown transport 7"]]
+    status, message = got[5]
+    assert status == 2 and message.startswith("pt_merge_create: device 0: ") and "\n" not in message, got[5]
+
+
+def test_the_library_is_found_or_named_in_one_line(tmp_path, monkeypatch):
+    """pt_trtllm.plugin_lib: $PT_TRTLLM_PLUGINS_LIB wins; a path there that is not a file, and no
+    built library, are one-line errors naming what to do."""
+    from pt_trtllm import plugin_lib
+
+    lib = tmp_path / "libpt_trtllm_plugins.so"
+    lib.write_bytes(b"")
+    monkeypatch.setenv("PT_TRTLLM_PLUGINS_LIB", str(lib))
+    assert plugin_lib.library_path() == lib
+    monkeypatch.setenv("PT_TRTLLM_PLUGINS_LIB", str(tmp_path / "missing.so"))
+    with pytest.raises(plugin_lib.PluginLibraryError, match=r"^PT_TRTLLM_PLUGINS_LIB=.*missing.so is not a file$"):
+        plugin_lib.library_path()
+    monkeypatch.delenv("PT_TRTLLM_PLUGINS_LIB")
+    monkeypatch.setattr(plugin_lib, "BUILD_DIR", tmp_path / "build")
+    with pytest.raises(plugin_lib.PluginLibraryError, match="not found: build it with `make plugins`"):
+        plugin_lib.library_path()

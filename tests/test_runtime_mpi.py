@@ -251,6 +251,22 @@ def test_bad_requests_fail_cleanly(models, args, message):
     assert message in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--comm", "pt_plugin", "--device", "cpu"], "error: --comm pt_plugin needs --device cuda"),
+    (["--comm", "nccl", "--device", "cpu"], "error: --comm nccl needs --device cuda"),
+    (["--comm", "pt_plugin", "--device", "cuda"], "error: --device cuda: torch sees no CUDA device"),
+])
+def test_a_communicator_the_device_cannot_use_fails_on_every_rank(models, args, message):
+    """--comm pt_plugin or nccl on the CPU, and CUDA where torch sees none: each rank prints the one
+    line and the run exits 2 before loading anything."""
+    if torch.cuda.is_available() and "cuda" in args:
+        pytest.skip("this machine has a CUDA device")
+    _, ckpt = models["t2"]
+    r = mpirun(2, ckpt, "--input_ids", "1,2,3", "--max_output_len", "4", *args)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [message] * 2, r.stderr
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_missing_or_corrupt_rank_file_fails_on_every_rank(models, tmp_path, damage):
     """A missing or truncated rank1.safetensors: both ranks report it (rank 0 names rank 1), exit != 0."""

@@ -2,6 +2,7 @@
  * H and every pointer allow (else one element at a time), float32 row sums for the RMSNorms; the
  * per-element arithmetic is include/pt_merge_math.h. */
 #include <cstdint>
+#include <cuda/atomic>
 
 #include "merge_kernels.h"
 
@@ -36,9 +37,15 @@ __device__ float block_sum(float v) {
     return t;
 }
 
+/* The buffer of a one-shot merge: base + (epoch & 1) * stride. */
+__device__ __forceinline__ const void* parity_buffer(const void* base, unsigned epoch, size_t stride) {
+    return static_cast<const char*>(base) + (epoch & 1u) * stride;
+}
+
 template <typename T, int N>
 __global__ void prologue_kernel(PrologueArgs a) {
     const size_t row = blockIdx.x;
+    void* const dst = a.epoch ? const_cast<void*>(parity_buffer(a.out, *a.epoch + 1u, a.parity_stride)) : a.out;
     const int nvec = a.hidden / N;
     const bool residual = is_residual(a.q);
     float inv_rms = 1.0f;
@@ -62,7 +69,7 @@ __global__ void prologue_kernel(PrologueArgs a) {
             float xi = residual ? to_float(xv.v[j]) : 0.0f;
             out.v[j] = from_float<T>(prologue_element(a.q, hc, xi, a.inv_tracks));
         }
-        store<T, N>(a.out, row, a.hidden, i, out);
+        store<T, N>(dst, row, a.hidden, i, out);
     }
 }
 
@@ -85,13 +92,31 @@ __device__ void norm_pass(const void* src, const void* w, float eps, void* dst, 
     }
 }
 
+/* The reduced quantity at vector i of a row: read (NCCL reduced it in place), or the one-shot sum of
+ * every rank's buffer, in rank order in float32, rounded to the dtype as an all-reduce output is. */
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> reduced_at(const EpilogueArgs& a, unsigned epoch, size_t row, int i) {
+    if (a.num_peers == 0) return load<T, N>(a.reduced, row, a.hidden, i);
+    float acc[N] = {};
+    for (int p = 0; p < a.num_peers; ++p) {
+        Vec<T, N> v = load<T, N>(parity_buffer(a.peers[p], epoch, a.parity_stride), row, a.hidden, i);
+#pragma unroll
+        for (int j = 0; j < N; ++j) acc[j] += to_float(v.v[j]);
+    }
+    Vec<T, N> out;
+#pragma unroll
+    for (int j = 0; j < N; ++j) out.v[j] = from_float<T>(acc[j]);
+    return out;
+}
+
 template <typename T, int N>
 __global__ void epilogue_kernel(EpilogueArgs a) {
     const size_t row = blockIdx.x;
     const int nvec = a.hidden / N;
     const bool residual = is_residual(a.q);
+    const unsigned epoch = a.epoch ? *a.epoch : 0u;
     for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
-        Vec<T, N> rv = load<T, N>(a.reduced, row, a.hidden, i), xv, out;
+        Vec<T, N> rv = reduced_at<T, N>(a, epoch, row, i), xv, out;
         if (residual) xv = load<T, N>(a.x, row, a.hidden, i);
 #pragma unroll
         for (int j = 0; j < N; ++j) {
@@ -106,6 +131,20 @@ __global__ void epilogue_kernel(EpilogueArgs a) {
         last = a.dispatch_normed;
     }
     if (a.w_next) norm_pass<T, N>(last, a.w_next, a.next_eps, a.next_normed, row, a.hidden);
+}
+
+__global__ void barrier_kernel(BarrierArgs a) {
+    const unsigned next = *a.epoch + 1u;
+    const int p = threadIdx.x;
+    if (p < a.num_ranks) {
+        __threadfence_system();  // this rank's buffer writes (the prologue) before its flag, to every peer
+        cuda::atomic_ref<unsigned, cuda::thread_scope_system> at_peer(a.flags[p][a.rank]);
+        at_peer.store(next, cuda::memory_order_release);
+        cuda::atomic_ref<unsigned, cuda::thread_scope_system> from_peer(a.flags[a.rank][p]);
+        while (from_peer.load(cuda::memory_order_acquire) < next) __nanosleep(32);
+    }
+    __syncthreads();  // every thread has read *a.epoch
+    if (p == 0) *a.epoch = next;
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -131,19 +170,27 @@ cudaError_t launch(const Args& a, bool vector_ok, cudaStream_t stream, void (*ve
 template <typename T>
 cudaError_t prologue_as(const PrologueArgs& a, cudaStream_t s) {
     constexpr int N = 16 / sizeof(T);
-    const bool ok = aligned16(a.h) && aligned16(a.x) && aligned16(a.w_combine) && aligned16(a.out);
+    const bool ok = aligned16(a.h) && aligned16(a.x) && aligned16(a.w_combine) && aligned16(a.out) &&
+                    (a.parity_stride & 15u) == 0;
     return launch<T, PrologueArgs>(a, ok, s, prologue_kernel<T, N>, prologue_kernel<T, 1>);
 }
 
 template <typename T>
 cudaError_t epilogue_as(const EpilogueArgs& a, cudaStream_t s) {
     constexpr int N = 16 / sizeof(T);
-    const bool ok = aligned16(a.reduced) && aligned16(a.x) && aligned16(a.w_dispatch) && aligned16(a.w_next) &&
+    bool peers_ok = true;
+    for (int p = 0; p < a.num_peers; ++p) peers_ok = peers_ok && aligned16(a.peers[p]);
+    const bool ok = peers_ok && (a.parity_stride & 15u) == 0 && aligned16(a.reduced) && aligned16(a.x) && aligned16(a.w_dispatch) && aligned16(a.w_next) &&
                     aligned16(a.merged) && aligned16(a.dispatch_normed) && aligned16(a.next_normed);
     return launch<T, EpilogueArgs>(a, ok, s, epilogue_kernel<T, N>, epilogue_kernel<T, 1>);
 }
 
 }  // namespace
+
+cudaError_t launch_barrier(const BarrierArgs& a, cudaStream_t stream) {
+    barrier_kernel<<<1, 32, 0, stream>>>(a);
+    return cudaGetLastError();
+}
 
 cudaError_t launch_prologue(pt_merge_dtype dtype, const PrologueArgs& a, cudaStream_t stream) {
     switch (dtype) {

@@ -9,7 +9,7 @@ from typing import Callable, TypeVar
 
 import torch
 
-from .comm import Communicator, make_communicator
+from .comm import Communicator, MPIComm, make_communicator
 
 R = TypeVar("R")
 
@@ -21,17 +21,30 @@ def local_ranks() -> int:
     return 1
 
 
-def setup(device: str | None, threads: int | None) -> tuple[torch.device, Communicator]:
-    """The device of this rank (cuda:rank % n_gpus, or cpu) and its communicator. On CPU each rank
-    gets `threads` torch threads (default: the cores divided among the ranks of this machine)."""
+def setup(device: str | None, threads: int | None, comm: str | None = None,
+          plugin_transport: str = "auto") -> tuple[torch.device, Communicator]:
+    """The device of this rank (cuda:rank % n_gpus, or cpu) and its communicator (`comm`, see
+    cli.add_device_flags; default mpi4py on CPU, nccl on CUDA). On CPU each rank gets `threads`
+    torch threads (default: the cores divided among the ranks of this machine). ValueError for a
+    communicator the device cannot use."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
+        if comm not in (None, "mpi4py"):
+            raise ValueError(f"--comm {comm} needs --device cuda")
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_ranks()))
         return torch.device("cpu"), make_communicator(torch.device("cpu"))
+    if comm == "mpi4py":
+        raise ValueError("--comm mpi4py reduces CPU tensors: use --device cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device")
     probe = make_communicator(torch.device("cpu"))  # rank, to pick the GPU
     dev = torch.device("cuda", probe.rank % torch.cuda.device_count())
     torch.cuda.set_device(dev)
+    if comm == "pt_plugin":
+        from .plugin_comm import PluginComm
+
+        return dev, PluginComm(probe if isinstance(probe, MPIComm) else None, dev, plugin_transport)
     return dev, make_communicator(dev)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..cli import add_device_flags, end_ids, load_tokenizer, write_atomic
 from ..formats import CheckpointError
+from ..plugin_lib import PluginLibraryError
 from ..runtime.launch import setup, start_on_all_ranks
 from ..schedule import CONTEXTS, check_schedule
 from .signals import Interrupted, Signals, die_with_parent
@@ -109,7 +110,11 @@ def serve(args) -> int:
     signals = Signals().install()
     die_with_parent()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 <rank pid>: print every thread's stack
-    device, comm = setup(args.device, args.threads)
+    try:
+        device, comm = setup(args.device, args.threads, args.comm, args.plugin_transport)
+    except (ValueError, PluginLibraryError) as e:  # the same on every rank
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     def start():
         from ..formats import read_rank_config

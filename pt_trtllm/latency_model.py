@@ -109,7 +109,7 @@ def measured_for(steps: dict, cfg: PTConfig, mode: str) -> Measured:
                 same = track_shape(PTConfig.from_preset(name)) == shape
             except ValueError:
                 continue
-            key = f"{mode}_step_ms" if kind == "decode" else f"{mode}_ms"
+            key = f"{mode}_step_ms" if kind == "decode" else "eager_ms"  # prefill is never captured or compiled
             if not same or key not in e:
                 continue
             source = source or name

@@ -3,7 +3,7 @@
 # torch; transformers, safetensors, numpy and tqdm must be importable). No installs, no downloads.
 # Results in $OUT (default work/gpu_check).
 #
-#   scripts/gpu_check.sh [--stage runtime|plugins]... [gpu_check.py flags]     (default: --stage runtime)
+#   scripts/gpu_check.sh [--stage runtime|plugins|perf]... [gpu_check.py flags]     (default: --stage runtime)
 #
 # runtime  scripts/gpu_check.py: CUDA vs CPU parity, NCCL inside a CUDA graph, decode speed (< 5 min).
 # plugins  libpt_trtllm_plugins.so (plugins/): scripts/gpu_check_plugins.py's kernels, latency and one-shot
@@ -11,6 +11,10 @@
 #          and 3 on the one GPU) against the CPU mpi4py run of the same checkpoint (< 4 min). It needs
 #          what scripts/gpu_carry.sh prepares on a development machine in work/carry (carry it): the
 #          built library and the mpich + mpi4py wheels unpacked (the device has no pip).
+# perf     scripts/gpu_perf.py: the latency model's inputs for one pt-30b-d8 track, bf16: decode steps at
+#          batch 1, 8, 64, 256 with a 1024-token cache (CUDA graphs; compiled too at batch 1), prefill of
+#          1k-16k tokens, the measured read bandwidth -> $OUT/perf.json (< 6 min); commit it as
+#          docs/results/perf-<gpu>.json and pass it to scripts/latency_model.py --steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-work/gpu_check}
@@ -59,6 +63,10 @@ PY
   export LD_LIBRARY_PATH=$libs:$PWD/$carry/mpich/lib:${LD_LIBRARY_PATH:-}
 }
 
+stage_perf() {
+  PYTHONPATH=. timeout 360 python3 scripts/gpu_perf.py --out "$OUT/perf.json"
+}
+
 stage_plugins() {
   plugins_environment || return 1
   local rc=0 T ck run
@@ -85,7 +93,8 @@ for stage in "${stages[@]}"; do
   case "$stage" in
     runtime) stage_runtime || failed=1 ;;
     plugins) stage_plugins || failed=1 ;;
-    *) echo "error: unknown stage $stage (runtime, plugins)" >&2; exit 2 ;;
+    perf) stage_perf || failed=1 ;;
+    *) echo "error: unknown stage $stage (runtime, plugins, perf)" >&2; exit 2 ;;
   esac
 done
 exit $failed

@@ -24,7 +24,7 @@ STEPS = {
         {"preset": "tiny", "batch": 4, "context": 64, "compile_cuda_graph_step_ms": 2.0},
         {"model": "one track of a small model", "batch": 1, "compile_cuda_graph_step_ms": 99.0},
     ],
-    "prefill": [{"preset": "tiny", "tokens": 8, "compile_cuda_graph_ms": 5.0}],
+    "prefill": [{"preset": "tiny", "tokens": 8, "eager_ms": 5.0}],
 }
 PUBLISHED = {
     "allreduce": [
@@ -122,3 +122,31 @@ def test_default_run_reads_the_committed_h200_results(capsys):
     _script().main([])
     out = capsys.readouterr().out
     assert "pt-30b-d8" in out and "Table 6" in out and "Table 7" in out and "not predicted" in out
+
+
+def test_the_perf_stage_writes_what_the_model_reads(tmp_path):
+    """scripts/gpu_perf.py (the GPU `perf` stage) on the CPU with the tiny preset: its JSON gives the
+    model a batch-1 decode step at its stated context and the measured prefill lengths, and the
+    decode bound counts the weights plus the KV cache of that context."""
+    import subprocess
+    import sys
+
+    from pt_trtllm import PTConfig
+    from pt_trtllm.latency_model import kv_bytes_per_token, measured_for
+
+    out = tmp_path / "perf.json"
+    done = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "scripts/gpu_perf.py"), "--device", "cpu",
+                           "--dtype", "float32", "--preset", "tiny", "--batches", "1,2", "--contexts", "24",
+                           "--prefill_tokens", "16,300", "--modes", "eager", "--repeats", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    steps = json.loads(out.read_text())
+    cfg = PTConfig.from_preset("tiny")
+    measured = measured_for(steps, cfg, "eager")
+    assert sorted(measured.decode) == [1, 2] and {c for _, c in measured.decode.values()} == {24}
+    assert sorted(measured.prefill) == [16, 300] and all(ms > 0 for ms in measured.prefill.values())
+    assert steps["max_position_embeddings"] == 301 > cfg.max_position_embeddings  # raised, and said so
+    point = steps["decode"][1]
+    kv = 24 * 2 * kv_bytes_per_token(cfg) * 2  # float32: twice the model's bf16 bytes per token
+    assert point["kv_read_GB"] * 1e9 == kv
+    assert point["bound_ms"] == pytest.approx(1e3 * (point["weights_read_GB"] * 1e9 + kv) / (steps["read_bandwidth_TBps"] * 1e12))

@@ -13,7 +13,8 @@
 #          built library and the mpich + mpi4py wheels unpacked (the device has no pip).
 # perf     scripts/gpu_perf.py: the latency model's inputs for one pt-30b-d8 track, bf16: decode steps at
 #          batch 1, 8, 64, 256 with a 1024-token cache (CUDA graphs; compiled too at batch 1), prefill of
-#          1k-16k tokens, the measured read bandwidth -> $OUT/perf.json (< 6 min); commit it as
+#          1k-16k tokens, the measured read bandwidth, the top kernels of a batch-1 step per mode
+#          (torch.profiler) -> $OUT/perf.json (< 6 min); commit it as
 #          docs/results/perf-<gpu>.json and pass it to scripts/latency_model.py --steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,7 +65,7 @@ PY
 }
 
 stage_perf() {
-  PYTHONPATH=. timeout 360 python3 scripts/gpu_perf.py --out "$OUT/perf.json"
+  PYTHONPATH=. timeout 360 python3 scripts/gpu_perf.py --profile --out "$OUT/perf.json"
 }
 
 stage_plugins() {

@@ -8,6 +8,7 @@ the `none` schedule (one GPU has no peer to merge with: this is the track's own 
   exactly that context (so a CUDA-graph step reads the weights once and `context` cached tokens per
   sequence), for each mode in --modes (cuda_graph; compile_cuda_graph only at batch 1: minutes of
   compiling). Next to each: the bound, (weight bytes + KV bytes read) / the measured read bandwidth;
+  with --profile, the top operations of a batch-1 step by self time on the device (torch.profiler);
 - prefill: one prompt of each length in --prefill_tokens, eager (the runtime never captures prefill),
   with max_position_embeddings raised to fit the longest (said in the JSON), and the achieved TFLOP/s
   (pt_trtllm.latency_model.prefill_flops).
@@ -88,6 +89,24 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return (time.perf_counter() - start) * 1e3 / repeats
 
 
+def top_kernels(fn, device: torch.device, steps: int = 5, top: int = 15) -> list[dict]:
+    """torch.profiler over `steps` steps: the `top` operations by self time on the device (the CPU
+    on a CPU run), per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            fn()
+        sync(device)
+    on_device = device.type == "cuda"
+    rows = [e for e in prof.key_averages() if (e.self_device_time_total if on_device else e.self_cpu_time_total) > 0]
+    rows.sort(key=lambda e: e.self_device_time_total if on_device else e.self_cpu_time_total, reverse=True)
+    return [{"name": e.key[:120], "calls_per_step": e.count / steps,
+             "self_us_per_step": (e.self_device_time_total if on_device else e.self_cpu_time_total) / steps}
+            for e in rows[:top]]
+
+
 def decode_points(args, cfg, model, lm_head, weights, bandwidth, device) -> list[dict]:
     comm, points = Communicator(0, 1), []
     for context in args.contexts:
@@ -105,6 +124,8 @@ def decode_points(args, cfg, model, lm_head, weights, bandwidth, device) -> list
                 positions = torch.full((batch,), context, dtype=torch.long, device=device)
                 point[f"{mode}_step_ms"] = timed(lambda: engine.decode(tokens, positions, "none"), device, args.repeats)
                 point[f"{mode}_vs_bound"] = point[f"{mode}_step_ms"] / point["bound_ms"]
+                if args.profile and batch == 1:
+                    point[f"{mode}_top_kernels"] = top_kernels(lambda: engine.decode(tokens, positions, "none"), device)
                 engine = None  # free its cache before the next one
             print(json.dumps(point), flush=True)
             points.append(point)
@@ -135,6 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--prefill_tokens", type=ints, default=[1024, 2048, 4096, 8192, 16384])
     p.add_argument("--modes", type=lambda s: s.split(","), default=["cuda_graph", "compile_cuda_graph"])
     p.add_argument("--repeats", type=int, default=30, help="timed decode steps per point (prefill: a tenth)")
+    p.add_argument("--profile", action="store_true",
+                   help="also record the top operations of a batch-1 decode step of each mode (torch.profiler)")
     p.add_argument("--out", required=True, help="the JSON to write, e.g. docs/results/perf-h200.json")
     args = p.parse_args(argv)
     unknown = [m for m in args.modes if m not in MODES]

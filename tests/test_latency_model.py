@@ -126,8 +126,9 @@ def test_default_run_reads_the_committed_h200_results(capsys):
 
 def test_the_perf_stage_writes_what_the_model_reads(tmp_path):
     """scripts/gpu_perf.py (the GPU `perf` stage) on the CPU with the tiny preset: its JSON gives the
-    model a batch-1 decode step at its stated context and the measured prefill lengths, and the
-    decode bound counts the weights plus the KV cache of that context."""
+    model a batch-1 decode step at its stated context and the measured prefill lengths, the
+    decode bound counts the weights plus the KV cache of that context, and --profile records the
+    batch-1 step's top operations."""
     import subprocess
     import sys
 
@@ -137,7 +138,8 @@ def test_the_perf_stage_writes_what_the_model_reads(tmp_path):
     out = tmp_path / "perf.json"
     done = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "scripts/gpu_perf.py"), "--device", "cpu",
                            "--dtype", "float32", "--preset", "tiny", "--batches", "1,2", "--contexts", "24",
-                           "--prefill_tokens", "16,300", "--modes", "eager", "--repeats", "2", "--out", str(out)],
+                           "--prefill_tokens", "16,300", "--modes", "eager", "--repeats", "2", "--profile",
+                           "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     steps = json.loads(out.read_text())
@@ -146,6 +148,10 @@ def test_the_perf_stage_writes_what_the_model_reads(tmp_path):
     assert sorted(measured.decode) == [1, 2] and {c for _, c in measured.decode.values()} == {24}
     assert sorted(measured.prefill) == [16, 300] and all(ms > 0 for ms in measured.prefill.values())
     assert steps["max_position_embeddings"] == 301 > cfg.max_position_embeddings  # raised, and said so
+    top = steps["decode"][0]["eager_top_kernels"]  # --profile: batch 1 only, by self time
+    assert "eager_top_kernels" not in steps["decode"][1] and 0 < len(top) <= 15
+    assert any("linear" in k["name"] or "mm" in k["name"] for k in top), top
+    assert [k["self_us_per_step"] for k in top] == sorted((k["self_us_per_step"] for k in top), reverse=True)
     point = steps["decode"][1]
     kv = 24 * 2 * kv_bytes_per_token(cfg) * 2  # float32: twice the model's bf16 bytes per token
     assert point["kv_read_GB"] * 1e9 == kv

@@ -88,6 +88,7 @@ def main(argv=None) -> int:
         return 1
     # every rank's digest of the ids it generated: they agree unless a rank used its own tokens
     digests = comm.all_gather_object(ids_digest(gen.output_ids), kind="digest")
+    comm.close()
     if comm.rank != 0:
         return 0
     text = [tokenizer.decode(ids, skip_special_tokens=True) for ids in gen.output_ids] if tokenizer else None

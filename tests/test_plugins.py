@@ -21,7 +21,8 @@ import pytest
 from helpers import REPO
 
 PLUGINS = REPO / "plugins"
-C_API = ("pt_merge_get_unique_id", "pt_merge_create", "pt_merge_ipc_handle", "pt_merge_connect", "pt_merge_transport_for",
+C_API = ("pt_merge_get_unique_id", "pt_merge_create", "pt_merge_ipc_handle", "pt_merge_connect", "pt_merge_disconnect",
+         "pt_merge_transport_for",
          "pt_merge_run", "pt_merge_destroy", "pt_merge_last_error")
 
 

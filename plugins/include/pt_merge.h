@@ -118,9 +118,18 @@ PT_MERGE_API pt_merge_status pt_merge_ipc_handle(pt_merge_context* ctx, unsigned
 
 /* Open every rank's peer buffer from `handles` (num_ranks * PT_MERGE_IPC_HANDLE_BYTES, in rank order;
  * this rank's own entry is not opened). Collective. Where a buffer cannot be opened (no P2P between the
- * GPUs, a container without IPC): ONESHOT fails with the reason; AUTO agrees with the other ranks over
- * NCCL, warns once on stderr and keeps NCCL for every message. Synchronizes the device. */
+ * GPUs, a container without IPC): AUTO votes with the other ranks over NCCL (also that every rank's
+ * buffers have the same size), warns once on stderr and keeps NCCL for every message; ONESHOT, which
+ * has no NCCL, returns the error, and the CALLER must agree across ranks before any merge (a rank
+ * whose connect failed must not leave the others spinning in their first merge). Synchronizes the
+ * device. */
 PT_MERGE_API pt_merge_status pt_merge_connect(pt_merge_context* ctx, const unsigned char* handles);
+
+/* Teardown, part 1, on every rank before pt_merge_destroy: waits for this rank's merges and closes the
+ * peer buffers it opened. Destroy a context only after EVERY rank has returned from its
+ * pt_merge_disconnect (a host barrier of the caller's): until then a peer may read this rank's buffer,
+ * and freeing an exported buffer that another process still has open is undefined behaviour. */
+PT_MERGE_API pt_merge_status pt_merge_disconnect(pt_merge_context* ctx);
 
 /* The transport a pt_merge_run of `tokens` rows would use (PT_MERGE_TRANSPORT_NCCL or _ONESHOT) into *out. */
 PT_MERGE_API pt_merge_status pt_merge_transport_for(const pt_merge_context* ctx, int tokens, pt_merge_transport* out);
@@ -128,13 +137,15 @@ PT_MERGE_API pt_merge_status pt_merge_transport_for(const pt_merge_context* ctx,
 /* Merge `tokens` rows (1 .. max_tokens) on `stream`: h is this rank's track output, x the segment
  * input (read only by the residual forms; may be null otherwise), both [tokens, H] of the dtype.
  * Call it with the context's device current (a stream of that device). Asynchronous; collective over
- * the group; no host synchronization, so it can be captured in a CUDA graph. */
+ * the group; no host synchronization, so it can be captured in a CUDA graph. A context's merges must
+ * be ordered on the device (one stream, or streams ordered by events, as a capture stream is): the
+ * one-shot transport numbers them with a counter in device memory. */
 PT_MERGE_API pt_merge_status pt_merge_run(pt_merge_context* ctx, const void* h, const void* x, int tokens,
                                           const pt_merge_norms* norms, const pt_merge_outputs* out,
                                           cudaStream_t stream);
 
-/* Destroy the context (its communicator, buffers and opened peer buffers); null is allowed. Not
- * collective, but a peer may still read this rank's buffer until it has finished its last merge. */
+/* Destroy the context (its communicator, buffers and any peer buffers still open); null is allowed.
+ * With peer buffers, call it only after every rank's pt_merge_disconnect (above). */
 PT_MERGE_API pt_merge_status pt_merge_destroy(pt_merge_context* ctx);
 
 /* The message of this thread's last error ("" if none). */

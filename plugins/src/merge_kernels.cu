@@ -141,7 +141,8 @@ __global__ void barrier_kernel(BarrierArgs a) {
         cuda::atomic_ref<unsigned, cuda::thread_scope_system> at_peer(a.flags[p][a.rank]);
         at_peer.store(next, cuda::memory_order_release);
         cuda::atomic_ref<unsigned, cuda::thread_scope_system> from_peer(a.flags[a.rank][p]);
-        while (from_peer.load(cuda::memory_order_acquire) < next) __nanosleep(32);
+        // a peer may be one barrier ahead (next + 1); the signed difference survives the 2^32 wrap
+        while ((int)(from_peer.load(cuda::memory_order_acquire) - next) < 0) __nanosleep(32);
     }
     __syncthreads();  // every thread has read *a.epoch
     if (p == 0) *a.epoch = next;

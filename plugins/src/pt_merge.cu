@@ -22,7 +22,7 @@ struct pt_merge_context {
     char* peer_buffer = nullptr;    // this rank's peer buffer (null for the NCCL transport)
     size_t message_stride = 0;      // bytes between message buffers 0 and 1
     unsigned* epoch = nullptr;      // the one-shot merge counter (device memory, this rank only)
-    bool connected = false;         // pt_merge_connect opened every peer buffer
+    bool connected = false;         // pt_merge_connect opened every peer buffer (and AUTO's ranks agreed)
     char* peers[PT_MERGE_MAX_RANKS] = {};  // every rank's peer buffer as mapped here (own = peer_buffer)
 };
 
@@ -77,16 +77,13 @@ size_t oneshot_capacity(const pt_merge_config& c) {
     return largest < limit ? largest : limit;
 }
 
+pt_merge_status close_peers(pt_merge_context* ctx);
+
 /* Frees what the context holds on its (current) device; the first failure is the result. */
 pt_merge_status release(pt_merge_context* ctx) {
     pt_merge_status status = PT_MERGE_OK;
     auto keep = [&status](pt_merge_status s) { if (status == PT_MERGE_OK) status = s; };
-    for (int p = 0; p < ctx->config.num_ranks; ++p) {
-        if (ctx->peers[p] && ctx->peers[p] != ctx->peer_buffer) {
-            cudaError_t e = cudaIpcCloseMemHandle(ctx->peers[p]);
-            if (e != cudaSuccess) keep(fail(PT_MERGE_ERR_CUDA, std::string("pt_merge_destroy: cudaIpcCloseMemHandle: ") + cudaGetErrorString(e)));
-        }
-    }
+    keep(close_peers(ctx));
     if (ctx->comm) {
         ncclResult_t r = ncclCommDestroy(ctx->comm);
         if (r != ncclSuccess) keep(fail(PT_MERGE_ERR_NCCL, std::string("pt_merge_destroy: ncclCommDestroy: ") + ncclGetErrorString(r)));
@@ -107,7 +104,8 @@ pt_merge_status create_on_device(const pt_merge_config& c, pt_merge_context** ou
     auto failed = [ctx](pt_merge_status s) { std::string m = last_error; release(ctx); last_error = m; return s; };
     cudaError_t e = cudaSuccess;
     if (c.transport != PT_MERGE_TRANSPORT_ONESHOT) {
-        e = cudaMalloc(&ctx->workspace, (size_t)c.max_tokens * c.hidden * dtype_bytes(c.dtype));
+        const size_t bytes = (size_t)c.max_tokens * c.hidden * dtype_bytes(c.dtype);
+        e = cudaMalloc(&ctx->workspace, bytes < 32 ? 32 : bytes);  // >= 32: it also holds AUTO's vote
         if (e != cudaSuccess) return failed(fail(PT_MERGE_ERR_CUDA, std::string("pt_merge_create: cudaMalloc: ") + cudaGetErrorString(e)));
     }
     if (c.transport != PT_MERGE_TRANSPORT_NCCL) {
@@ -143,8 +141,7 @@ pt_merge_status open_peers(pt_merge_context* ctx, const unsigned char* handles) 
         cudaError_t e = cudaIpcOpenMemHandle(&mapped, handle, cudaIpcMemLazyEnablePeerAccess);
         if (e != cudaSuccess) {
             cudaGetLastError();  // clear it
-            for (int q = 0; q < p; ++q)
-                if (q != c.rank && ctx->peers[q]) cudaIpcCloseMemHandle(ctx->peers[q]), ctx->peers[q] = nullptr;
+            close_peers(ctx);
             return fail(PT_MERGE_ERR_CUDA, "pt_merge_connect: cudaIpcOpenMemHandle of rank " + std::to_string(p) +
                                                "'s buffer: " + cudaGetErrorString(e));
         }
@@ -153,17 +150,38 @@ pt_merge_status open_peers(pt_merge_context* ctx, const unsigned char* handles) 
     return PT_MERGE_OK;
 }
 
-/* AUTO: whether every rank opened its peers (a min over the group's NCCL communicator). */
-pt_merge_status all_ranks_agree(pt_merge_context* ctx, int mine, int* all) {
-    int* flag = nullptr;
-    PT_CUDA(cudaMalloc(&flag, sizeof(int)));
-    cudaError_t e = cudaMemcpy(flag, &mine, sizeof(int), cudaMemcpyHostToDevice);
-    ncclResult_t r = e == cudaSuccess ? ncclAllReduce(flag, flag, 1, ncclInt32, ncclMin, ctx->comm, 0) : ncclSuccess;
-    if (e == cudaSuccess && r == ncclSuccess) e = cudaMemcpy(all, flag, sizeof(int), cudaMemcpyDeviceToHost);
-    cudaFree(flag);
+/* AUTO: every rank's vote over the group's NCCL communicator, on a private non-blocking stream (the
+ * legacy default stream would wait for the caller's streams). [ok, stride, -stride] reduced with min:
+ * the ranks agree on one-shot iff every rank opened its peers and every rank's buffers have this size. */
+pt_merge_status agree(pt_merge_context* ctx, bool ok, bool* all) {
+    const long long stride = (long long)ctx->message_stride;
+    long long vote[3] = {ok ? 1 : 0, stride, -stride};
+    cudaStream_t s;
+    PT_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    cudaError_t e = cudaMemcpyAsync(ctx->workspace, vote, sizeof vote, cudaMemcpyHostToDevice, s);
+    // every rank joins the vote whatever happened here: one that skipped it would leave the others blocked
+    ncclResult_t r = ncclAllReduce(ctx->workspace, ctx->workspace, 3, ncclInt64, ncclMin, ctx->comm, s);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(vote, ctx->workspace, sizeof vote, cudaMemcpyDeviceToHost, s);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
     if (r != ncclSuccess) return fail(PT_MERGE_ERR_NCCL, std::string("pt_merge_connect: ncclAllReduce: ") + ncclGetErrorString(r));
     if (e != cudaSuccess) return fail(PT_MERGE_ERR_CUDA, std::string("pt_merge_connect: ") + cudaGetErrorString(e));
+    *all = vote[0] == 1 && vote[1] == stride && -vote[2] == stride;
     return PT_MERGE_OK;
+}
+
+/* Close the peer buffers this rank opened (not its own). */
+pt_merge_status close_peers(pt_merge_context* ctx) {
+    pt_merge_status status = PT_MERGE_OK;
+    for (int p = 0; p < ctx->config.num_ranks; ++p) {
+        if (!ctx->peers[p] || ctx->peers[p] == ctx->peer_buffer) continue;
+        cudaError_t e = cudaIpcCloseMemHandle(ctx->peers[p]);
+        if (e != cudaSuccess && status == PT_MERGE_OK)
+            status = fail(PT_MERGE_ERR_CUDA, std::string("cudaIpcCloseMemHandle: ") + cudaGetErrorString(e));
+        ctx->peers[p] = nullptr;
+    }
+    ctx->connected = false;
+    return status;
 }
 
 void warn_once(const std::string& why) {
@@ -250,22 +268,35 @@ pt_merge_status pt_merge_connect(pt_merge_context* ctx, const unsigned char* han
     OnDevice on(c.device);
     PT_CUDA(on.error);
     pt_merge_status opened = open_peers(ctx, handles);
-    if (c.transport == PT_MERGE_TRANSPORT_ONESHOT) {
-        if (opened != PT_MERGE_OK) return opened;
-    } else {
-        std::string why = opened == PT_MERGE_OK ? "" : last_error;
-        int all = 0;
-        pt_merge_status agreed = all_ranks_agree(ctx, opened == PT_MERGE_OK, &all);
-        if (agreed != PT_MERGE_OK) return agreed;
-        if (!all) {
-            for (int p = 0; p < c.num_ranks; ++p)
-                if (p != c.rank && ctx->peers[p]) cudaIpcCloseMemHandle(ctx->peers[p]), ctx->peers[p] = nullptr;
-            warn_once(why.empty() ? "another rank could not open a peer buffer" : why);
-            return PT_MERGE_OK;
-        }
+    if (opened == PT_MERGE_OK) {
+        cudaError_t e = cudaDeviceSynchronize();
+        if (e != cudaSuccess) opened = fail(PT_MERGE_ERR_CUDA, std::string("pt_merge_connect: ") + cudaGetErrorString(e));
     }
-    PT_CUDA(cudaDeviceSynchronize());
+    if (c.transport == PT_MERGE_TRANSPORT_ONESHOT) {  // no NCCL to agree over: the caller agrees on the status
+        if (opened != PT_MERGE_OK) return opened;
+        ctx->connected = true;
+        return PT_MERGE_OK;
+    }
+    const std::string why = opened == PT_MERGE_OK ? "" : last_error;
+    bool all = false;
+    pt_merge_status agreed = agree(ctx, opened == PT_MERGE_OK, &all);
+    if (agreed != PT_MERGE_OK || !all) {
+        close_peers(ctx);
+        if (agreed != PT_MERGE_OK) return agreed;
+        warn_once(why.empty() ? "another rank could not open a peer buffer, or the ranks' one-shot buffers differ" : why);
+        return PT_MERGE_OK;
+    }
     ctx->connected = true;
+    return PT_MERGE_OK;
+}
+
+pt_merge_status pt_merge_disconnect(pt_merge_context* ctx) {
+    if (!ctx) return fail(PT_MERGE_ERR_ARGUMENT, "pt_merge_disconnect: ctx is null");
+    OnDevice on(ctx->config.device);
+    PT_CUDA(on.error);
+    PT_CUDA(cudaDeviceSynchronize());  // this rank's merges have read every peer buffer they will
+    pt_merge_status status = close_peers(ctx);
+    if (status != PT_MERGE_OK) return fail(status, "pt_merge_disconnect: " + last_error);
     return PT_MERGE_OK;
 }
 
@@ -279,6 +310,12 @@ pt_merge_status pt_merge_run(pt_merge_context* ctx, const void* h, const void* x
                              const pt_merge_norms* norms, const pt_merge_outputs* out, cudaStream_t stream) {
     if (!ctx || !h || !norms || !out || !out->merged)
         return fail(PT_MERGE_ERR_ARGUMENT, "pt_merge_run: ctx, h, norms and out->merged must not be null");
+    // an error left by the caller's own launches would surface after our first launch and stop us
+    // half way (the peers would then spin in the barrier): report it before launching anything
+    const cudaError_t pending = cudaGetLastError();
+    if (pending != cudaSuccess)
+        return fail(PT_MERGE_ERR_CUDA, std::string("pt_merge_run: a CUDA error was pending before the merge: ") +
+                                           cudaGetErrorString(pending));
     const pt_merge_config& c = ctx->config;
     if (tokens < 1 || tokens > c.max_tokens)
         return fail(PT_MERGE_ERR_ARGUMENT, "pt_merge_run: tokens " + std::to_string(tokens) + " is not in 1.." +

@@ -59,6 +59,9 @@ class Communicator:
         """Take every rank down (a rank failed in a way the others cannot see)."""
         os._exit(code)
 
+    def close(self) -> None:
+        """Release what the communicator holds (collective; after the last collective)."""
+
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

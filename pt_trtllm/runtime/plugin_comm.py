@@ -59,7 +59,8 @@ def _library() -> ctypes.CDLL:
     for name in ("pt_merge_ipc_handle", "pt_merge_connect"):
         getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     lib.pt_merge_transport_for.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
-    lib.pt_merge_destroy.argtypes = [ctypes.c_void_p]
+    for name in ("pt_merge_disconnect", "pt_merge_destroy"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
     return lib
 
 
@@ -82,26 +83,43 @@ class PluginComm(Communicator):
         if status != 0:
             raise RuntimeError(self.lib.pt_merge_last_error().decode())
 
+    def _error(self, status: int) -> str | None:
+        return None if status == 0 else self.lib.pt_merge_last_error().decode()
+
+    def _agree(self, error: str | None, ctx: ctypes.c_void_p) -> None:
+        """Every rank's error of a collective step; if any rank failed, every rank tears `ctx` down
+        and raises the first one (no rank goes on to spin in a merge its peers never join)."""
+        failed = [(r, e) for r, e in enumerate(self._all_gather_object(error)) if e is not None]
+        if failed:
+            if ctx:
+                self._teardown([ctx])
+            rank, message = failed[0]
+            raise RuntimeError(f"rank {rank}: {message}" if self.world_size > 1 else message)
+
     def context(self, combine_op: str, dtype: torch.dtype, hidden: int) -> ctypes.c_void_p:
         """This rank's merge context for (combine_op, dtype, hidden), created collectively on first use."""
         key = (combine_op, dtype, hidden)
-        if key not in self._contexts:
-            unique_id = ctypes.create_string_buffer(UNIQUE_ID_BYTES)
-            if self.transport != "oneshot":
-                if self.rank == 0:
-                    self._check(self.lib.pt_merge_get_unique_id(unique_id))
-                unique_id = ctypes.create_string_buffer(self._bcast_bytes(unique_id.raw), UNIQUE_ID_BYTES)
-            config = _Config(self.rank, self.world_size, self.device.index or 0, ctypes.cast(unique_id, ctypes.c_char_p),
-                             DTYPES[dtype], COMBINE_OPS[combine_op], 0, hidden, MAX_ROWS, TRANSPORTS[self.transport], 0)
-            ctx = ctypes.c_void_p()
-            self._check(self.lib.pt_merge_create(ctypes.byref(config), ctypes.byref(ctx)))
-            if self.transport != "nccl":
-                handle = ctypes.create_string_buffer(IPC_HANDLE_BYTES)
-                self._check(self.lib.pt_merge_ipc_handle(ctx, handle))
-                handles = b"".join(self._all_gather_object(handle.raw))
-                self._check(self.lib.pt_merge_connect(ctx, handles))
-            self._contexts[key] = ctx
-        return self._contexts[key]
+        if key in self._contexts:
+            return self._contexts[key]
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("--comm pt_plugin: the first merge of a new dtype or hidden size is under CUDA graph "
+                               "capture (creating its context would break the capture): run one eagerly first")
+        unique_id = ctypes.create_string_buffer(UNIQUE_ID_BYTES)
+        if self.transport != "oneshot":
+            error = self._error(self.lib.pt_merge_get_unique_id(unique_id)) if self.rank == 0 else None
+            self._agree(error, None)
+            unique_id = ctypes.create_string_buffer(self._bcast_bytes(unique_id.raw), UNIQUE_ID_BYTES)
+        config = _Config(self.rank, self.world_size, self.device.index or 0, ctypes.cast(unique_id, ctypes.c_char_p),
+                         DTYPES[dtype], COMBINE_OPS[combine_op], 0, hidden, MAX_ROWS, TRANSPORTS[self.transport], 0)
+        ctx = ctypes.c_void_p()
+        self._agree(self._error(self.lib.pt_merge_create(ctypes.byref(config), ctypes.byref(ctx))), ctx)
+        if self.transport != "nccl":
+            handle = ctypes.create_string_buffer(IPC_HANDLE_BYTES)
+            self._agree(self._error(self.lib.pt_merge_ipc_handle(ctx, handle)), ctx)
+            handles = b"".join(self._all_gather_object(handle.raw))
+            self._agree(self._error(self.lib.pt_merge_connect(ctx, handles)), ctx)
+        self._contexts[key] = ctx
+        return ctx
 
     def transport_for(self, ctx: ctypes.c_void_p, rows: int) -> str:
         """"oneshot" or "nccl": what the library uses for a merge of `rows` rows."""
@@ -112,10 +130,21 @@ class PluginComm(Communicator):
     def make_merge(self, combine_op: str, num_tracks: int) -> Merge:
         return PluginMerge(combine_op, num_tracks, self)
 
+    def _teardown(self, contexts: list[ctypes.c_void_p]) -> None:
+        """Collective: every rank closes the peer buffers it opened before any rank frees its own
+        (pt_merge.h: pt_merge_disconnect, a barrier, pt_merge_destroy)."""
+        torch.cuda.synchronize(self.device)
+        errors = [self._error(self.lib.pt_merge_disconnect(ctx)) for ctx in contexts]
+        self._all_gather_object(None)  # the barrier
+        errors += [self._error(self.lib.pt_merge_destroy(ctx)) for ctx in contexts]
+        if any(errors):
+            raise RuntimeError(next(e for e in errors if e))
+
     def close(self) -> None:
-        for ctx in self._contexts.values():
-            self._check(self.lib.pt_merge_destroy(ctx))
-        self._contexts.clear()
+        """Free the merge contexts (collective: every rank calls it, after its last merge)."""
+        contexts, self._contexts = list(self._contexts.values()), {}
+        if contexts:
+            self._teardown(contexts)
 
     # the rest of a generation step: mpi4py on CPU copies
     def _bcast_bytes(self, data: bytes) -> bytes:

@@ -40,23 +40,6 @@ double timeout_seconds() {
     return seconds;
 }
 
-/* The whole file, or false while it does not exist. */
-bool read_file(std::string const& path, std::vector<unsigned char>& out) {
-    std::FILE* file = std::fopen(path.c_str(), "rb");
-    if (!file) {
-        if (errno == ENOENT) return false;
-        throw system_error("cannot open", path);
-    }
-    out.clear();
-    unsigned char buffer[4096];
-    size_t got;
-    while ((got = std::fread(buffer, 1, sizeof buffer, file)) > 0) out.insert(out.end(), buffer, buffer + got);
-    bool const failed = std::ferror(file) != 0;
-    std::fclose(file);
-    if (failed) throw system_error("cannot read", path);
-    return true;
-}
-
 }  // namespace
 
 FileStore::FileStore(std::string prefix) : prefix_(std::move(prefix)), timeout_s_(timeout_seconds()) {
@@ -67,6 +50,14 @@ FileStore::FileStore(std::string prefix) : prefix_(std::move(prefix)), timeout_s
 }
 
 std::string FileStore::path(std::string const& name) const { return dir_ + "/" + prefix_ + "." + name; }
+
+std::string FileStore::timeout_text() const {
+    return "timed out after " + seconds_text(timeout_s_) + " (" + kTimeoutVariable + ")";
+}
+
+void FileStore::publish(std::string const& name, std::string const& text) const {
+    publish(name, reinterpret_cast<unsigned char const*>(text.data()), text.size());
+}
 
 void FileStore::publish(std::string const& name, unsigned char const* bytes, size_t size) const {
     std::string const final_path = path(name);
@@ -84,18 +75,44 @@ void FileStore::publish(std::string const& name, unsigned char const* bytes, siz
     }
 }
 
-std::vector<unsigned char> FileStore::wait_for(std::string const& name, size_t size) const {
-    std::string const file = path(name);
+bool FileStore::read(std::string const& name, std::vector<unsigned char>& out) const {
+    std::string const file_path = path(name);
+    std::FILE* file = std::fopen(file_path.c_str(), "rb");
+    if (!file) {
+        if (errno == ENOENT) return false;
+        throw system_error("cannot open", file_path);
+    }
+    out.clear();
+    unsigned char buffer[4096];
+    size_t got;
+    while ((got = std::fread(buffer, 1, sizeof buffer, file)) > 0) out.insert(out.end(), buffer, buffer + got);
+    bool const failed = std::ferror(file) != 0;
+    std::fclose(file);
+    if (failed) throw system_error("cannot read", file_path);
+    return true;
+}
+
+bool FileStore::poll_until(std::function<bool()> const& done) const {
     auto const deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s_);
-    std::vector<unsigned char> bytes;
-    while (!read_file(file, bytes)) {
-        if (std::chrono::steady_clock::now() > deadline)
-            throw std::runtime_error("timed out after " + seconds_text(timeout_s_) + " (" + kTimeoutVariable +
-                                     ") waiting for " + file + ": has every rank of the job started?");
+    while (!done()) {
+        if (std::chrono::steady_clock::now() > deadline) return false;
         std::this_thread::sleep_for(kPollInterval);
     }
-    if (bytes.size() != size)
-        throw std::runtime_error(file + " holds " + std::to_string(bytes.size()) + " bytes, not " +
+    return true;
+}
+
+std::vector<unsigned char> FileStore::wait_for(std::string const& name, size_t size,
+                                               std::function<void()> const& between_polls) const {
+    std::vector<unsigned char> bytes;
+    bool const found = poll_until([&] {
+        if (read(name, bytes)) return true;
+        if (between_polls) between_polls();
+        return false;
+    });
+    if (!found)
+        throw std::runtime_error(timeout_text() + " waiting for " + path(name) + ": has every rank of the job started?");
+    if (size != kAnySize && bytes.size() != size)
+        throw std::runtime_error(path(name) + " holds " + std::to_string(bytes.size()) + " bytes, not " +
                                  std::to_string(size) + " (a file of another run? remove it)");
     return bytes;
 }

@@ -1,8 +1,9 @@
 /* The process-wide registry of merge contexts (shared_context.h). The rendezvous files of a context are
  * named <job>.<group>.g<n>: the job id (job_id.h, made safe for a file name and tagged with its hash), the
- * configuration the ranks of the group share (not rank or device), and n, how many contexts of that group
- * this process created before (every rank counts the same, so a context created again after the last user
- * released it meets the peers' new one, never the old files). A group of one rank needs no job id. */
+ * configuration the ranks of the group share (not rank or device), and n, how many rendezvous of that group
+ * this process attempted before, failed ones included (every rank counts the same, as a failure is agreed
+ * by the whole group, so a context created again meets the peers' new one, never the files an earlier one
+ * left). A group of one rank needs no job id (and writes no file). */
 #include "shared_context.h"
 
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "file_store.h"
 #include "job_id.h"
@@ -49,6 +51,11 @@ std::string job_part(std::string const& id) {
 
 }  // namespace
 
+SharedContext::SharedContext(pt_merge_config const& config, FileStore store)
+    : config_(config), store_(std::move(store)), ctx_(join_merge_group(config, store_)) {}
+
+SharedContext::~SharedContext() { leave_merge_group(ctx_, config_, store_); }
+
 std::shared_ptr<SharedContext> acquire_shared_context(pt_merge_config const& config) {
     static std::mutex mutex;
     static std::map<std::string, std::weak_ptr<SharedContext>> live;  // by group, rank and device
@@ -60,9 +67,9 @@ std::shared_ptr<SharedContext> acquire_shared_context(pt_merge_config const& con
     if (std::shared_ptr<SharedContext> held = live[key].lock()) return held;
 
     std::string const job = config.num_ranks > 1 ? job_part(job_id()) : "pid" + std::to_string(getpid());
-    FileStore const store(job + "." + group + ".g" + std::to_string(created[group]));
-    auto made = std::make_shared<SharedContext>(config, join_merge_group(config, store));
-    ++created[group];
+    FileStore store(job + "." + group + ".g" + std::to_string(created[group]));
+    ++created[group];  // a failed rendezvous leaves files: the next one of this group uses new names
+    auto made = std::make_shared<SharedContext>(config, std::move(store));
     live[key] = made;
     return made;
 }

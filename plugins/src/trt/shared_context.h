@@ -1,21 +1,26 @@
 /* The pt_merge_context shared by every PTTrackMerge instance of a process with the same configuration
  * (num_ranks, rank, dtype, H, combine_op, residual_form, transport, max_tokens, oneshot_max_bytes, device):
  * a process-wide registry under one mutex creates it through the file-store rendezvous for its first user,
- * and the last user's release destroys it (the count of users is the shared_ptr's). */
+ * and the last user's release tears it down (the count of users is the shared_ptr's): with peer buffers
+ * (T > 1, transport not NCCL) collectively over the same files (rendezvous.h: it waits, up to the rendezvous
+ * timeout, until every rank of the group has released its context too, and leaks it on a timeout); otherwise
+ * it destroys it at once. */
 #ifndef PT_TRT_SHARED_CONTEXT_H
 #define PT_TRT_SHARED_CONTEXT_H
 
 #include <memory>
 
+#include "file_store.h"
 #include "pt_merge.h"
 
 namespace pt_trt {
 
-/* One created context, destroyed with the object. */
+/* One context, created by the group's rendezvous over `store` with the object (which throws if it fails) and
+ * torn down with it. */
 class SharedContext {
 public:
-    SharedContext(pt_merge_config const& config, pt_merge_context* ctx) : config_(config), ctx_(ctx) {}
-    ~SharedContext() { pt_merge_destroy(ctx_); }
+    SharedContext(pt_merge_config const& config, FileStore store);
+    ~SharedContext();
     SharedContext(SharedContext const&) = delete;
     SharedContext& operator=(SharedContext const&) = delete;
 
@@ -24,6 +29,7 @@ public:
 
 private:
     pt_merge_config config_;
+    FileStore store_;  // the group's files, for the teardown
     pt_merge_context* ctx_;
 };
 

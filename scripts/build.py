@@ -2,7 +2,7 @@
 """Build the T rank engines of a per-rank PT checkpoint with TensorRT-LLM (1.2.1, TensorRT 10.x).
 
   python scripts/build.py --checkpoint_dir CKPT --output_dir ENGINES [--schedule {block,sublayer}]
-      [--merge_impl {allreduce,allreduce_fused_norm}] [--max_batch_size B --max_input_len I --max_seq_len S
+      [--merge_impl {allreduce,allreduce_fused_norm,pt_plugin}] [--max_batch_size B --max_input_len I --max_seq_len S
       --max_num_tokens N ...] [--gather_context_logits]
       [plugin flags of trtllm-build, e.g. --gemm_plugin auto]
 
@@ -11,9 +11,12 @@ processes), through TensorRT-LLM's Python build API: the same path and the same 
 trtllm-build where they overlap. The engines follow the checkpoint's merge_schedule and merge_impl;
 --schedule overrides the first (a TP baseline from the same checkpoint: --schedule sublayer) and
 --merge_impl the second (allreduce_fused_norm: each merge's AllReduce node also applies the next
-RMSNorm), and the engine's config.json records both. Plugins the PT network cannot take
-(--lora_plugin, --gemm_allreduce_plugin, --user_buffer) are refused by name before anything is
-built. The config is read by PTPretrainedConfig.from_checkpoint (TensorRT-LLM's entry point, with
+RMSNorm; pt_plugin: each merge is one node of the project's PTTrackMerge plugin), and the engine's
+config.json records both. An engine with merge_impl pt_plugin needs libpt_trtllm_plugins.so
+(plugins/, `make plugins`; $PT_TRTLLM_PLUGINS_LIB or plugins/build/, pt_trtllm/plugin_lib.py): it is
+loaded before anything is built, and a missing library is a one-line error naming it. Plugins the
+PT network cannot take (--lora_plugin, --gemm_allreduce_plugin, --user_buffer) are refused by name
+before anything is built. The config is read by PTPretrainedConfig.from_checkpoint (TensorRT-LLM's entry point, with
 these overrides) and each rank built by TensorRT-LLM's own PTForCausalLM.from_checkpoint. Without
 --schedule and --merge_impl this is equivalent to
 
@@ -71,9 +74,10 @@ def main(argv=None) -> int:
         return 2
     import torch
 
+    from pt_trtllm.plugin_lib import PluginLibraryError
     from pt_trtllm.schedule import merges_per_forward
     from pt_trtllm.trtllm.model import PTForCausalLM
-    from pt_trtllm.trtllm.support import check_plugin_config
+    from pt_trtllm.trtllm.support import check_plugin_config, load_merge_plugins
 
     args = parse_args(argv, BuildConfig, add_plugin_argument)
     logger.set_level(args.log_level)
@@ -84,6 +88,7 @@ def main(argv=None) -> int:
         plugin_config = PluginConfig.from_arguments(args)
         plugin_config.validate()
         check_plugin_config(plugin_config)  # --lora_plugin, --gemm_allreduce_plugin, --user_buffer, by name
+        load_merge_plugins(config.merge_impl)  # pt_plugin: libpt_trtllm_plugins.so, before anything is built
         build_config = BuildConfig.from_dict(
             {"max_input_len": args.max_input_len, "max_seq_len": args.max_seq_len,
              "max_batch_size": args.max_batch_size, "max_beam_width": args.max_beam_width,
@@ -94,13 +99,13 @@ def main(argv=None) -> int:
         workers = max(1, min(torch.cuda.device_count(), args.workers))
         parallel_build(config, args.checkpoint_dir, build_config, args.output_dir, workers, args.log_level,
                        PTForCausalLM, logits_dtype=args.logits_dtype)
-    except ValueError as e:
+    except (ValueError, PluginLibraryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"built {config.num_tracks} rank engines of {args.checkpoint_dir} -> {args.output_dir} "
           f"(schedule={config.merge_schedule}, merges/forward="
           f"{merges_per_forward(config.merge_schedule, config.num_hidden_layers, config.block_depth)}, "
-          f"dtype={config.dtype}) in {time.perf_counter() - start:.1f} s")
+          f"merge_impl={config.merge_impl}, dtype={config.dtype}) in {time.perf_counter() - start:.1f} s")
     return 0
 
 

@@ -10,6 +10,9 @@ ENGINES is scripts/build.py's output (config.json + rank{t}.engine for the T tra
 Triton TensorRT-LLM container (see docs/serving.md):
 
   python3 triton_backend/scripts/launch_triton_server.py --world_size T --model_repo REPO
+
+(for engines built with --merge_impl pt_plugin the printed command starts with LD_PRELOAD of the
+plugin library and the plugin's rendezvous variables: docs/trtllm.md).
 """
 
 import argparse

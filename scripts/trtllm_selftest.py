@@ -5,10 +5,12 @@
 
 For each case of CASES (tiny random bf16 PT models with and without QK-norm, with and without track
 norms, each merge implementation, the block and sublayer schedules, and a one-track model):
-converts it to a per-rank checkpoint, builds its engines with scripts/build.py, counts the
-AllReduce plugin layers of rank 0's network (L/D under block, 2L under sublayer, 0 with one track),
-runs the engines with scripts/run.py (`mpirun -n T` for T ranks; a case needing more GPUs than the
-machine has is reported as not run), and compares them with the PyTorch model:
+converts it to a per-rank checkpoint, builds its engines with scripts/build.py, counts the merge
+nodes of rank 0's network (pt_trtllm.trtllm.nodes: AllReduce plugin layers, or PTTrackMerge layers
+for merge_impl pt_plugin; L/D under block, 2L under sublayer, 0 with one track), runs the engines
+with scripts/run.py (`mpirun -n T` for T ranks; a case needing more GPUs than the machine has is
+reported as not run, and so is a pt_plugin case where libpt_trtllm_plugins.so cannot be found), and
+compares them with the PyTorch model:
 - greedy tokens: the fp32 PyTorch model's, up to the first step where the two differ, which must be
   a near tie of the fp32 model (its top two logits closer than the tolerance: bf16 may pick either);
 - prefill logits: max |engine - fp32 model| <= TOLERANCE_FACTOR x (max |bf16 PyTorch - fp32 model|)
@@ -42,11 +44,12 @@ import numpy as np
 import torch
 
 
+from pt_trtllm import plugin_lib
 from pt_trtllm.convert.random_checkpoint import random_model
 from pt_trtllm.convert.writer import convert
 from pt_trtllm.formats import read_rank_config
 from pt_trtllm.schedule import merges_per_forward
-from pt_trtllm.trtllm.support import check_supported
+from pt_trtllm.trtllm.support import PLUGIN_MERGE_IMPLS, check_supported
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL_HINT = ("the self-test needs TensorRT-LLM 1.2.1 with TensorRT 10.x and a GPU (NVIDIA's tensorrt_llm==1.2.1 "
@@ -86,6 +89,10 @@ CASES = [
     Case("qknorm-tracknorms-block-fused", {**QK, "track_dispatch_norm": True, "track_combine_norm": True}, "block",
          "allreduce_fused_norm"),
     Case("onetrack-qknorm-fused", {**QK, **ONE_TRACK}, "block", "allreduce_fused_norm"),
+    Case("plain-block-plugin", {}, "block", "pt_plugin"),
+    Case("qknorm-sublayer-plugin", {**QK, "combine_op": "residual_sum"}, "sublayer", "pt_plugin"),
+    Case("qknorm-tracknorms-block-plugin", {**QK, "track_dispatch_norm": True, "track_combine_norm": True}, "block",
+         "pt_plugin"),
 ]
 
 
@@ -150,38 +157,16 @@ def references(case: Case, seed: int, work: Path) -> tuple[object, Result]:
 
 
 # ---- the engines -------------------------------------------------------------------------------
-def run(cmd: list[str], timeout: float = 1800) -> subprocess.CompletedProcess:
+def run(cmd: list[str], timeout: float = 1800, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+           "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", **(extra_env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False)
 
 
-def allreduce_layers(ckpt: Path, case: Case) -> tuple[int, int]:
-    """(AllReduce, AllGather) plugin layers of rank 0's network, built in this process by
-    TensorRT-LLM's builder.build (dry run: the network, no engine)."""
-    from tensorrt_llm import builder
-    from tensorrt_llm.network import get_plugin_info
-
-    from pt_trtllm.trtllm.model import PTForCausalLM
-
-    config = PTForCausalLM.config_class.from_checkpoint(ckpt, schedule=case.schedule, merge_impl=case.merge_impl)
-    model = PTForCausalLM.from_checkpoint(str(ckpt), rank=0, config=config)
-    counts, optimize = [], builder.optimize
-
-    def inspect(network):
-        trt_network = network.trt_network
-        infos = [get_plugin_info(trt_network, trt_network.get_layer(i).name) for i in range(trt_network.num_layers)]
-        names = [info.plugin_name for info in infos if info is not None]
-        counts.append((names.count("allreduce"), names.count("allgather")))
-        return optimize(network)
-
-    builder.optimize = inspect
-    try:
-        builder.build(model, builder.BuildConfig(max_batch_size=2, max_input_len=16, max_seq_len=32, dry_run=True,
-                                                 output_timing_cache=None))
-    finally:
-        builder.optimize = optimize
-    return counts[0]
+def rendezvous_env(case: Case, folder: Path) -> dict:
+    """The rendezvous variables PTTrackMerge reads (docs/trtllm.md): a job id unique to this run of
+    the case, and a directory its ranks share."""
+    return {"PT_TRTLLM_JOB_ID": f"pt-selftest-{os.getpid()}-{case.name}", "PT_TRTLLM_RENDEZVOUS_DIR": str(folder)}
 
 
 def tie(model, prompt: list[int], tokens: list[int], step: int, schedule: str, tolerance: float) -> bool:
@@ -196,6 +181,12 @@ def engine_checks(model, result: Result, work: Path, gpus: int) -> None:
     """Build, count, run and compare the case's engines (the full self-test)."""
     case, folder = result.case, work / result.case.name
     ckpt, engines = folder / "ckpt", folder / "engines"
+    if case.merge_impl in PLUGIN_MERGE_IMPLS:
+        try:
+            plugin_lib.library_path()
+        except plugin_lib.PluginLibraryError as e:
+            result.notes.append(f"not run: {e}")
+            return
     start = time.perf_counter()
     built = run([sys.executable, str(REPO / "scripts" / "build.py"), "--checkpoint_dir", str(ckpt), "--output_dir",
                  str(engines), "--schedule", case.schedule, "--merge_impl", case.merge_impl, "--gather_context_logits",
@@ -208,9 +199,13 @@ def engine_checks(model, result: Result, work: Path, gpus: int) -> None:
         return
     cfg = model.config
     expected = merges_per_forward(case.schedule, cfg.num_hidden_layers, cfg.block_depth) if cfg.num_tracks > 1 else 0
-    allreduces, allgathers = allreduce_layers(ckpt, case)
-    result.numbers.update(allreduce_layers=allreduces, allgather_layers=allgathers, expected_allreduce=expected)
-    result.checks["allreduce_layers"] = (allreduces, allgathers) == (expected, 0)
+    # rank 0's network, built in this process by TensorRT-LLM's builder.build (dry run: no engine)
+    from pt_trtllm.trtllm.nodes import CollectiveNodes, network_collective_nodes
+
+    nodes = network_collective_nodes(ckpt, case.schedule, case.merge_impl)
+    result.numbers.update(allreduce_layers=nodes.allreduce, pt_track_merge_layers=nodes.pt_track_merge,
+                          allgather_layers=nodes.allgather, expected_merge_nodes=expected)
+    result.checks["merge_nodes"] = nodes == CollectiveNodes.expected(case.merge_impl, expected)
     if gpus < result.tracks:
         result.notes.append(f"not run: needs {result.tracks} GPUs, this machine has {gpus}")
         return
@@ -218,7 +213,7 @@ def engine_checks(model, result: Result, work: Path, gpus: int) -> None:
     launcher = [] if result.tracks == 1 else [shutil.which("mpirun") or "mpirun", "-n", str(result.tracks)]
     ran = run([*launcher, sys.executable, str(REPO / "scripts" / "run.py"), "--engine_dir", str(engines),
                "--input_ids", ids, "--max_output_len", str(MAX_OUTPUT_LEN), "--output_json", str(folder / "out.json"),
-               "--output_logits", str(folder / "logits.npy")])
+               "--output_logits", str(folder / "logits.npy")], extra_env=rendezvous_env(case, folder))
     result.checks["runs"] = ran.returncode == 0
     if ran.returncode:
         result.notes.append("run: " + (ran.stderr.strip().splitlines() or ["failed"])[-1])
@@ -265,7 +260,7 @@ def summary_line(results: dict[str, Result], dry_run: bool, info: dict) -> str:
     rs = list(results.values())
     checks = {name for r in rs for name in r.checks}
     counts = " ".join(f"{name}={sum(r.checks.get(name, False) for r in rs)}/{sum(name in r.checks for r in rs)}"
-                      for name in ("converts", "builds", "allreduce_layers", "runs", "tokens", "logits")
+                      for name in ("converts", "builds", "merge_nodes", "runs", "tokens", "logits")
                       if name in checks)
     verdict = "DRY_RUN" if dry_run else ("PASS" if all(r.passed for r in rs) else "FAIL")
     diffs = [r.numbers["logit_diff"] for r in rs if "logit_diff" in r.numbers]

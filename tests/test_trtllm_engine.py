@@ -2,9 +2,12 @@
 and two GPUs plus mpirun to run; skipped with the reason otherwise. Tiny random 2-track models
 (fp16, head size 32, with and without QK-norm) are converted, built with scripts/build.py and with
 trtllm-build --model_cls_file (each engine recording its schedule and merge_impl), their networks are
-inspected (exactly L/D AllReduce plugin layers under "block", 2L under "sublayer", no other
-collective, with either merge implementation), and `mpirun -n 2 scripts/run.py` on the engines gives
-the PyTorch runtime's tokens. scripts/trtllm_selftest.py runs a wider matrix the same way."""
+inspected (exactly L/D merge nodes under "block", 2L under "sublayer", no other collective, with
+every merge implementation: AllReduce plugin layers, or PTTrackMerge layers for pt_plugin, counted by
+pt_trtllm.trtllm.nodes), and `mpirun -n 2 scripts/run.py` on the engines gives the PyTorch runtime's
+tokens. The pt_plugin cases also need libpt_trtllm_plugins.so built with TensorRT (`make plugins`,
+pt_trtllm/plugin_lib.py), skipped with the reason otherwise. scripts/trtllm_selftest.py runs a wider
+matrix the same way."""
 
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ import torch
 from helpers import REPO, make_pt_model
 from trtllm_models import ENGINE_TINY
 
+from pt_trtllm import plugin_lib
 from pt_trtllm.convert.writer import convert
+from pt_trtllm.merge import MERGE_IMPLS
 from pt_trtllm.schedule import merges_per_forward
 from pt_trtllm.trtllm.detect import is_engine_dir
 
@@ -38,6 +43,20 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.e
 SHAPES = ["--max_batch_size", "2", "--max_input_len", "16", "--max_seq_len", "32"]
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2 or MPIRUN is None,
                                     reason="running the engines needs 2 GPUs and mpirun")
+
+
+def plugin_library_missing() -> str | None:
+    """Why the pt_plugin cases cannot run here (the library's one-line error), or None."""
+    try:
+        plugin_lib.library_path()
+    except plugin_lib.PluginLibraryError as e:
+        return str(e)
+    return None
+
+
+def needs_plugin_library(merge_impl: str) -> None:
+    if merge_impl == "pt_plugin" and plugin_library_missing():
+        pytest.skip(f"merge_impl pt_plugin needs the plugin library: {plugin_library_missing()}")
 
 
 def run(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
@@ -73,42 +92,19 @@ def engines(tiny, tmp_path_factory):
     return out
 
 
-def allreduce_layers(ckpt, schedule: str, merge_impl: str, monkeypatch) -> tuple[int, int]:
-    """(AllReduce, AllGather) plugin layers of rank 0's network, built in this process with
-    TensorRT-LLM's build() (dry run: the network, not the engine)."""
-    from tensorrt_llm import builder
-    from tensorrt_llm.network import get_plugin_info
-
-    from pt_trtllm.trtllm.model import PTForCausalLM
-
-    config = PTForCausalLM.config_class.from_checkpoint(ckpt, schedule=schedule, merge_impl=merge_impl)
-    model = PTForCausalLM.from_checkpoint(str(ckpt), rank=0, config=config)  # as TensorRT-LLM's build_model
-    counts = []
-
-    def inspect(network):
-        trt_network = network.trt_network
-        names = [get_plugin_info(trt_network, trt_network.get_layer(i).name) for i in range(trt_network.num_layers)]
-        names = [info.plugin_name for info in names if info is not None]
-        counts.append((names.count("allreduce"), names.count("allgather")))
-        return optimize(network)
-
-    optimize = builder.optimize
-    monkeypatch.setattr(builder, "optimize", inspect)
-    builder.build(model, builder.BuildConfig(max_batch_size=2, max_input_len=16, max_seq_len=32, dry_run=True,
-                                             output_timing_cache=None))
-    (result,) = counts
-    return result
-
-
-@pytest.mark.parametrize("merge_impl", ["allreduce", "allreduce_fused_norm"])
+@pytest.mark.parametrize("merge_impl", MERGE_IMPLS)
 @pytest.mark.parametrize("schedule", ["block", "sublayer"])
-def test_the_network_holds_exactly_the_merges(tiny, schedule, merge_impl, monkeypatch):
+def test_the_network_holds_exactly_the_merges(tiny, schedule, merge_impl):
+    """Rank 0's network, built by TensorRT-LLM's builder (dry run), counted by the one helper
+    (pt_trtllm.trtllm.nodes): AllReduce layers, or PTTrackMerge layers for pt_plugin, and nothing else."""
+    from pt_trtllm.trtllm.nodes import CollectiveNodes, network_collective_nodes
+
+    needs_plugin_library(merge_impl)
     model, ckpt = tiny
     cfg = model.config
-    allreduces, allgathers = allreduce_layers(ckpt, schedule, merge_impl, monkeypatch)
     expected = merges_per_forward(schedule, cfg.num_hidden_layers, cfg.block_depth)
     assert expected == (cfg.num_hidden_layers // cfg.block_depth if schedule == "block" else 2 * cfg.num_hidden_layers)
-    assert (allreduces, allgathers) == (expected, 0)
+    assert network_collective_nodes(ckpt, schedule, merge_impl) == CollectiveNodes.expected(merge_impl, expected)
 
 
 def test_build_writes_t_rank_engines_recording_their_schedule_and_merge_impl(tiny, engines):
@@ -136,8 +132,11 @@ def test_trtllm_build_with_model_cls_file_builds_the_same_engines(tiny, tmp_path
 
 def mpirun_run(engine_dir, tmp_path, *args: str) -> subprocess.CompletedProcess:
     ids = ";".join(",".join(map(str, p)) for p in PROMPTS)
-    return run([MPIRUN, "-n", "2", sys.executable, RUN, "--engine_dir", str(engine_dir), "--input_ids", ids,
-                "--max_output_len", "8", *args], timeout=600)
+    env = {**ENV, "PT_TRTLLM_JOB_ID": f"pt-engine-test-{os.getpid()}-{tmp_path.name}",
+           "PT_TRTLLM_RENDEZVOUS_DIR": str(tmp_path)}  # read by PTTrackMerge (pt_plugin engines)
+    return subprocess.run([MPIRUN, "-n", "2", sys.executable, RUN, "--engine_dir", str(engine_dir), "--input_ids", ids,
+                           "--max_output_len", "8", *args], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=REPO, check=False)
 
 
 @needs_two_gpus
@@ -166,3 +165,43 @@ def test_engines_give_the_pytorch_runtime_tokens(tiny, engines, tmp_path, schedu
 def test_a_schedule_that_contradicts_the_engine_is_refused(engines, tmp_path):
     r = mpirun_run(engines["block"], tmp_path, "--schedule", "sublayer")
     assert r.returncode != 0 and "contradicts the engine" in r.stderr
+
+
+@pytest.fixture(scope="session")
+def plugin_engines(tiny, tmp_path_factory):
+    """{schedule: engine dir} built by scripts/build.py --merge_impl pt_plugin from the same checkpoint."""
+    needs_plugin_library("pt_plugin")
+    _, ckpt = tiny
+    out = {}
+    for schedule in ("block", "sublayer"):
+        dst = tmp_path_factory.mktemp(f"plugin_engines_{schedule}")
+        r = run([sys.executable, BUILD, "--checkpoint_dir", str(ckpt), "--output_dir", str(dst), "--schedule",
+                 schedule, "--merge_impl", "pt_plugin", "--gather_context_logits", "--output_timing_cache",
+                 str(dst / "model.cache"), *SHAPES])
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[schedule] = dst
+    return out
+
+
+def test_pt_plugin_engines_record_their_merge_impl(plugin_engines):
+    for schedule, path in plugin_engines.items():
+        recorded = json.loads((path / "config.json").read_text())["pretrained_config"]
+        assert (recorded["merge_schedule"], recorded["merge_impl"]) == (schedule, "pt_plugin")
+
+
+@needs_two_gpus
+@pytest.mark.parametrize("schedule", ["block", "sublayer"])
+def test_pt_plugin_engines_give_the_pytorch_runtime_tokens(tiny, plugin_engines, tmp_path, schedule):
+    """As test_engines_give_the_pytorch_runtime_tokens, the merges being PTTrackMerge nodes (the
+    runner loads the library before deserializing the engines)."""
+    model, ckpt = tiny
+    ref = mpirun_run(ckpt, tmp_path, "--schedule", schedule, "--output_json", str(tmp_path / "ref.json"))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    r = mpirun_run(plugin_engines[schedule], tmp_path, "--output_json", str(tmp_path / "trt.json"), "--output_logits",
+                   str(tmp_path / "logits.npy"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out, expected = json.loads((tmp_path / "trt.json").read_text()), json.loads((tmp_path / "ref.json").read_text())
+    assert out["output_ids"] == expected["output_ids"]
+    with torch.no_grad():
+        ref_logits = model(torch.tensor(PROMPTS), schedule=schedule).logits.numpy()
+    assert float(np.abs(np.load(tmp_path / "logits.npy") - ref_logits).max()) <= 5e-2

@@ -13,19 +13,22 @@ TensorRT-LLM is installed): that TensorRT builds the network and the runtime's o
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import shutil
 import sys
+import types
 
 import pytest
 import torch
 import trtllm_standin as standin
 from safetensors.torch import load_file
 from trtllm_models import engine_checkpoint, one_torch_thread, tamm_engine_checkpoint  # noqa: F401 (autouse fixture)
-from trtllm_standin import ALLREDUCES, AllReduceFusionOp, AllReduceStrategy, Linear, RowLinear, Tensor
+from trtllm_standin import ALLREDUCES, PT_TRACK_MERGES, AllReduceFusionOp, AllReduceStrategy, Linear, RowLinear, Tensor
 
 import pt_trtllm.merge
+from pt_trtllm import plugin_lib
 from pt_trtllm.formats import CheckpointError
 from pt_trtllm.merge import MERGE_IMPLS
 from pt_trtllm.trtllm.support import MMHA_HEAD_SIZES
@@ -211,7 +214,7 @@ def test_attention_layers_follow_the_config(trt, make_ckpt):
 def test_the_merges_have_the_interface_of_pt_trtllm_merge(trt):
     """merged, normed = merge(x, hs, norm=None), as pt_trtllm.merge: the same class names and
     parameters, normed = norm(merged) when a norm is given and None without one, for every
-    merge_impl; one track merges with itself (no node)."""
+    merge_impl; one track merges with itself (no node of any kind)."""
     merges = sys.modules["pt_trtllm.trtllm.merges"]
     assert set(merges.MERGES) == set(MERGE_IMPLS)  # every merge_impl has its network merge
     for impl in MERGE_IMPLS:  # and the PyTorch runtime serves every one (unfused)
@@ -225,7 +228,8 @@ def test_the_merges_have_the_interface_of_pt_trtllm_merge(trt):
     x, hs = Tensor(torch.randn(3, 8)), [Tensor(torch.randn(3, 8)) for _ in range(2)]
     for impl in MERGE_IMPLS:
         def merge_on(rank, impl=impl):
-            merge = merges.make_merge(impl, "mean", 2, [0, 1])
+            merge = merges.make_merge(impl, "mean", 2, [0, 1], rank)
+            merge.max_tokens = 3  # as PTForCausalLM.prepare_inputs sets it
             return merge(x, [hs[rank]], norm), merge(x, [hs[rank]])
 
         for (merged, normed), (again, none) in standin.run_ranks(merge_on, 2):
@@ -233,8 +237,10 @@ def test_the_merges_have_the_interface_of_pt_trtllm_merge(trt):
             assert torch.allclose(normed.value, norm(merged).value, atol=1e-6)
             assert none is None and torch.allclose(again.value, merged.value, atol=1e-6)
         ALLREDUCES.clear()
-        merged, normed = merges.make_merge(impl, "mean", 1, [0])(x, [hs[0]], norm)
-        assert merged is hs[0] and torch.equal(normed.value, norm(hs[0]).value) and not ALLREDUCES
+        PT_TRACK_MERGES.clear()
+        merged, normed = merges.make_merge(impl, "mean", 1, [0], 0)(x, [hs[0]], norm)
+        assert merged is hs[0] and torch.equal(normed.value, norm(hs[0]).value)
+        assert not ALLREDUCES and not PT_TRACK_MERGES
 
 
 @pytest.mark.parametrize("combine_op", ["mean", "sum", "residual_sum"])
@@ -263,6 +269,165 @@ def test_the_fused_merge_is_one_allreduce_node_with_the_residual_algebra(trt, co
         p = call.params
         assert (call.strategy, p.fusion_op, p.eps) == (strategy, AllReduceFusionOp.RESIDUAL_RMS_NORM, 0.05)
         assert p.residual is x and p.norm_weight.value is norm.weight.raw_value
+
+
+PLUGIN_FIELDS = {"mean": 0, "sum": 1, "residual_sum": 2}
+
+
+@pytest.mark.parametrize("combine_op", ["mean", "sum", "residual_sum"])
+@pytest.mark.parametrize("tracks", [2, 3])
+def test_the_plugin_merge_is_one_pt_track_merge_node_with_its_fields(trt, combine_op, tracks):
+    """merge_impl pt_plugin: each rank adds ONE PTTrackMerge node (no AllReduce), created from the
+    registry's ("PTTrackMerge", "1", "pt_trtllm") creator with exactly the interface's fields, its
+    inputs h, x (residual_sum only) and the next norm's own weight in that order, its outputs
+    (merged, next_normed): the combine op of pt_trtllm.merge.LocalMerge and the norm of it."""
+    merges = sys.modules["pt_trtllm.trtllm.merges"]
+    nodes = importlib.import_module("pt_trtllm.trtllm.nodes")
+    norm = standin.RmsNorm(16, eps=0.05, dtype="float32")
+    norm.weight.value = 1 + 0.1 * torch.randn(16)
+    x = Tensor(torch.randn(5, 16))
+    hs = [Tensor(torch.randn(5, 16) * (t + 1)) for t in range(tracks)]
+
+    def merge_on(rank):
+        merge = merges.make_merge("pt_plugin", combine_op, tracks, list(range(tracks)), rank)
+        merge.max_tokens = 7
+        return merge(x, [hs[rank]], norm)
+
+    results = standin.run_ranks(merge_on, tracks)
+    expected, _ = pt_trtllm.merge.LocalMerge(combine_op, tracks)(x.value, [h.value for h in hs])
+    want = torch.nn.functional.rms_norm(expected, (16,), norm.weight.raw_value, eps=0.05)
+    for merged, normed in results:
+        assert torch.allclose(merged.value, expected, atol=1e-5)
+        assert torch.allclose(normed.value, want, atol=1e-5)
+    assert not ALLREDUCES and sorted(c.rank for c in PT_TRACK_MERGES) == list(range(tracks))  # one node per rank
+    for call in PT_TRACK_MERGES:
+        assert call.fields == {
+            "combine_op": PLUGIN_FIELDS[combine_op], "residual_form": 0, "num_ranks": tracks, "rank": call.rank,
+            "has_combine_norm": 0, "has_dispatch_norm": 0, "has_next_norm": 1, "combine_eps": 0.0,
+            "dispatch_eps": 0.0, "next_eps": pytest.approx(0.05), "transport": 0, "max_tokens": 7,
+            "oneshot_max_bytes": 0}
+        residual = [x] if combine_op == "residual_sum" else []
+        assert [t.value for t in call.inputs[:-1]] == [t.value for t in [hs[call.rank], *residual]]
+        assert call.inputs[-1].value is norm.weight.raw_value
+    for rank in range(tracks):  # what the node-counting helper sees in each rank's network
+        assert nodes.count_collective_nodes(standin.rank_network(rank)) == nodes.CollectiveNodes(pt_track_merge=1)
+
+
+def test_the_plugin_merge_without_a_norm_and_with_one_track(trt):
+    """Without a norm: one node, has_next_norm 0, its one output merged, normed None. One track:
+    no node (as the other merges), the norm applied as its own layer."""
+    merges = sys.modules["pt_trtllm.trtllm.merges"]
+    norm = standin.RmsNorm(8, eps=0.01, dtype="float32")
+    norm.weight.value = 1 + 0.1 * torch.randn(8)
+    x, hs = Tensor(torch.randn(3, 8)), [Tensor(torch.randn(3, 8)) for _ in range(2)]
+
+    def merge_on(rank):
+        merge = merges.make_merge("pt_plugin", "sum", 2, [0, 1], rank)
+        merge.max_tokens = 3
+        return merge(x, [hs[rank]])
+
+    for merged, normed in standin.run_ranks(merge_on, 2):
+        assert normed is None and torch.allclose(merged.value, hs[0].value + hs[1].value, atol=1e-6)
+    assert [(c.fields["has_next_norm"], len(c.inputs), len(c.outputs)) for c in PT_TRACK_MERGES] == [(0, 1, 1)] * 2
+    PT_TRACK_MERGES.clear()
+    merged, normed = merges.make_merge("pt_plugin", "sum", 1, [0], 0)(x, [hs[0]], norm)  # no max_tokens needed
+    assert merged is hs[0] and torch.equal(normed.value, norm(hs[0]).value) and not PT_TRACK_MERGES
+
+
+def test_the_plugin_merge_needs_its_rank_and_the_most_rows_of_a_forward(trt):
+    merges = sys.modules["pt_trtllm.trtllm.merges"]
+    for rank, group in ((None, [0, 1]), (2, [0, 1]), (0, [0])):
+        with pytest.raises(ValueError, match="merge_impl='pt_plugin' needs this rank's track"):
+            merges.make_merge("pt_plugin", "mean", 2, group, rank)
+    x = Tensor(torch.randn(3, 8))
+    with pytest.raises(ValueError, match="needs the most token rows of a forward"):
+        merges.make_merge("pt_plugin", "mean", 2, [0, 1], 0)(x, [x])
+    assert not PT_TRACK_MERGES
+
+
+def test_the_plugin_merge_loads_the_library_when_the_creator_is_missing(trt, tmp_path, monkeypatch):
+    """trtllm-build --model_cls_file and --workers processes have nobody else to load the library:
+    the merge loads it when the registry lacks the creator; a missing library is the library's own
+    one-line error, and a library without the creator is named too."""
+    merges = sys.modules["pt_trtllm.trtllm.merges"]
+    norm = standin.RmsNorm(8, eps=0.01, dtype="float32")
+    norm.weight.value = torch.ones(8)
+    x, hs = Tensor(torch.randn(3, 8)), [Tensor(torch.randn(3, 8)) for _ in range(2)]
+
+    def merge_on(rank):
+        merge = merges.make_merge("pt_plugin", "mean", 2, [0, 1], rank)
+        merge.max_tokens = 3
+        return merge(x, [hs[rank]], norm)
+
+    standin.unregister_pt_plugin()
+    missing = tmp_path / "nowhere" / plugin_lib.LIBRARY
+    monkeypatch.setenv(plugin_lib.ENV_VAR, str(missing))
+    with pytest.raises(plugin_lib.PluginLibraryError, match=f"^{plugin_lib.ENV_VAR}={missing} is not a file$"):
+        merge_on(0)
+    assert not PT_TRACK_MERGES and not standin.PLUGIN_LOADS
+    library = tmp_path / plugin_lib.LIBRARY
+    library.write_bytes(b"")
+    monkeypatch.setenv(plugin_lib.ENV_VAR, str(library))
+    standin.run_ranks(merge_on, 2)
+    assert set(standin.PLUGIN_LOADS) == {str(library)} and len(PT_TRACK_MERGES) == 2
+    standin.unregister_pt_plugin()
+    monkeypatch.setattr(plugin_lib, "load", lambda: None)  # loads, registers nothing
+    with pytest.raises(plugin_lib.PluginLibraryError, match=f"^{library} is loaded but TensorRT's plugin registry has "
+                                                            "no PTTrackMerge creator"):
+        merge_on(0)
+
+
+@pytest.mark.parametrize("plugins, beams, max_tokens", [
+    ({}, 1, 40),  # packed, paged KV cache: in-flight batching, one profile of up to max_num_tokens tokens
+    ({"paged_kv_cache": False}, 1, 4 * 16),  # context/generation profiles: max_batch_size * max_input_len > 40
+    ({"remove_input_padding": False, "gemm_plugin": "auto"}, 2, 4 * 2 * 16),  # padded, one profile
+    ({"remove_input_padding": False}, 2, 4 * 16),  # padded, context [4, 16] and generation [8, 1] profiles
+], ids=["packed", "ctx-gen-profiles", "padded", "padded-ctx-gen"])
+def test_prepare_inputs_hands_the_merge_the_most_rows_of_a_forward(trt, make_ckpt, plugins, beams, max_tokens):
+    """Merge.max_tokens is the largest input_ids shape over the optimization profiles that
+    prepare_inputs made (what PTTrackMerge's configurePlugin checks each profile against), set
+    before the network is defined; not simply max_num_tokens."""
+    model = rank_model(trt, make_ckpt(), 1, merge_impl="pt_plugin")
+    merge = model.transformer.merge
+    assert type(merge).__name__ == "PluginMerge" and merge.rank == 1 and merge.max_tokens is None
+    standin.build(model, standin.BuildConfig(max_batch_size=4, max_input_len=16, max_seq_len=32, max_num_tokens=40,
+                                             max_beam_width=beams, plugin_config=standin.PluginConfig(**plugins)))
+    assert merge.max_tokens == max_tokens
+
+
+def test_the_node_counting_helper_tells_the_collectives_apart(trt):
+    """pt_trtllm.trtllm.nodes.count_collective_nodes on one network: AllReduce and AllGather layers
+    by TensorRT-LLM's plugin info, PTTrackMerge layers by their IPluginV3's core name and namespace
+    (reached through IPluginV3Layer: get_layer gives a plain ILayer), other IPluginV3 layers not."""
+    nodes = importlib.import_module("pt_trtllm.trtllm.nodes")
+
+    class OtherPlugin:  # an IPluginV3 of another name, or of our name in another namespace
+        def __init__(self, name, namespace):
+            self.core = types.SimpleNamespace(plugin_name=name, plugin_namespace=namespace, plugin_version="1")
+
+        def get_capability_interface(self, kind):
+            return self.core if kind == standin.PluginCapabilityType.CORE else None
+
+        def enqueue(self, inputs):
+            return []
+
+    network = standin.TrtNetwork()
+    for name in ("allreduce", "allreduce", "allgather", "gemm"):
+        network.add_plugin_v2_layer(name)
+    fields = sys.modules["pt_trtllm.trtllm.merges"].plugin_fields(
+        combine_op=0, residual_form=0, num_ranks=1, rank=0, has_combine_norm=0, has_dispatch_norm=0,
+        has_next_norm=0, combine_eps=0.0, dispatch_eps=0.0, next_eps=0.0, transport=0, max_tokens=4,
+        oneshot_max_bytes=0)
+    merge = standin.PTTrackMergeCreator().create_plugin("m", standin.PluginFieldCollection(fields),
+                                                        standin.TensorRTPhase.BUILD)
+    merge.enqueue = lambda inputs: []
+    for plugin in (merge, OtherPlugin("PTTrackMerge", "other"), OtherPlugin("Other", "pt_trtllm"), merge):
+        network.add_plugin_v3([], [], plugin)
+    assert isinstance(network.get_layer(4), standin.ILayer) and not hasattr(network.get_layer(4), "plugin")
+    counted = nodes.count_collective_nodes(network)
+    assert counted == nodes.CollectiveNodes(allreduce=2, pt_track_merge=2, allgather=1) and counted.merges == 4
+    assert nodes.CollectiveNodes.expected("pt_plugin", 3) == nodes.CollectiveNodes(pt_track_merge=3)
+    assert nodes.CollectiveNodes.expected("allreduce_fused_norm", 3) == nodes.CollectiveNodes(allreduce=3)
 
 
 def test_an_unknown_merge_impl_is_refused_by_name(trt, make_ckpt):

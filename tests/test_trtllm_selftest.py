@@ -13,6 +13,9 @@ import pytest
 import torch
 from helpers import REPO
 
+from pt_trtllm import plugin_lib
+from pt_trtllm.merge import MERGE_IMPLS
+
 HAS_TRTLLM = importlib.util.find_spec("tensorrt_llm") is not None
 
 
@@ -28,7 +31,11 @@ def selftest():
 
 def test_the_cases_cover_qk_norm_each_merge_impl_both_schedules_and_one_track(selftest):
     cases = selftest.CASES
-    assert {c.merge_impl for c in cases} == {"allreduce", "allreduce_fused_norm"}
+    assert {c.merge_impl for c in cases} == set(MERGE_IMPLS)
+    plugin = [c for c in cases if c.merge_impl == "pt_plugin"]  # the PTTrackMerge engines: both schedules,
+    assert {c.schedule for c in plugin} == {"block", "sublayer"}  # with and without QK-norm, with track norms
+    assert {bool(c.overrides.get("qk_norm")) for c in plugin} == {False, True}
+    assert any(c.overrides.get("track_dispatch_norm") for c in plugin)
     for qk_norm in (False, True):
         for schedule in ("block", "sublayer"):
             for impl in ("allreduce", "allreduce_fused_norm"):
@@ -48,7 +55,8 @@ def test_dry_run_computes_the_references_and_prints_the_summary(selftest, tmp_pa
     assert selftest.main(["--dry_run", "--work_dir", str(tmp_path), "--output_json", str(tmp_path / "r.json")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(selftest.CASES) + 1
-    assert lines[-1].startswith(f"SUMMARY pt_trtllm-selftest result=DRY_RUN cases={len(selftest.CASES)} converts=10/10 ")
+    n = len(selftest.CASES)
+    assert lines[-1].startswith(f"SUMMARY pt_trtllm-selftest result=DRY_RUN cases={n} converts={n}/{n} ")
     assert "tensorrt_llm=" in lines[-1] and "torch=" in lines[-1]
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["summary"] == lines[-1]
@@ -67,7 +75,7 @@ def test_the_summary_of_a_full_run(selftest):
 
     def result(name, tpot, **checks):
         r = selftest.Result(cases[name], 2, 0.2, [])
-        r.checks = {"converts": True, "builds": True, "allreduce_layers": True, "runs": True, "tokens": True,
+        r.checks = {"converts": True, "builds": True, "merge_nodes": True, "runs": True, "tokens": True,
                     "logits": True, **checks}
         r.numbers = {"bf16_logit_diff": 0.05, "logit_diff": 0.04, "tpot_ms": tpot}
         return r
@@ -76,11 +84,23 @@ def test_the_summary_of_a_full_run(selftest):
                                          result("plain-block-fused", 2.0), result("qknorm-block-fused", 2.2))}
     line = selftest.summary_line(results, False, {"tensorrt_llm": "1.2.1"})
     assert line.startswith("SUMMARY pt_trtllm-selftest result=PASS cases=4 converts=4/4 builds=4/4 "
-                           "allreduce_layers=4/4 runs=4/4 tokens=4/4 logits=4/4 ")
+                           "merge_nodes=4/4 runs=4/4 tokens=4/4 logits=4/4 ")
     assert "qk_norm_decode_cost=+15.0%" in line and line.endswith("tensorrt_llm=1.2.1")
     results["qknorm-block-fused"].checks["tokens"] = False
     assert " result=FAIL " in selftest.summary_line(results, False, {}) and " tokens=3/4 " in \
         selftest.summary_line(results, False, {})
+
+
+def test_a_pt_plugin_case_without_the_plugin_library_is_reported_not_run(selftest, tmp_path, monkeypatch):
+    """Where libpt_trtllm_plugins.so cannot be found, a pt_plugin case is not built (no build.py
+    run, no check) and says why, as a case needing more GPUs does."""
+    missing = tmp_path / "nowhere" / plugin_lib.LIBRARY
+    monkeypatch.setenv(plugin_lib.ENV_VAR, str(missing))
+    monkeypatch.setattr(selftest, "run", lambda *a, **k: pytest.fail("build.py was run"))
+    case = next(c for c in selftest.CASES if c.merge_impl == "pt_plugin")
+    result = selftest.Result(case, 2, 0.2, [])
+    selftest.engine_checks(None, result, tmp_path, gpus=2)
+    assert result.checks == {} and result.notes == [f"not run: {plugin_lib.ENV_VAR}={missing} is not a file"]
 
 
 @pytest.mark.skipif(HAS_TRTLLM, reason="tensorrt_llm is installed: the full self-test runs instead")

@@ -13,11 +13,12 @@ import subprocess
 import sys
 from argparse import Namespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from trtllm_models import ENGINE_TINY
 
-from pt_trtllm import PTConfig
+from pt_trtllm import PTConfig, plugin_lib
 from pt_trtllm.formats import CheckpointError, rank_config
 from pt_trtllm.trtllm import runner
 from pt_trtllm.trtllm.detect import is_engine_dir
@@ -27,8 +28,11 @@ from pt_trtllm.trtllm.support import (
     check_build_settings,
     check_supported,
     engine_schedule,
+    load_merge_plugins,
+    merge_max_tokens,
     read_engine_info,
 )
+from pt_trtllm.trtllm.triton_repo import launch_command, options_from_engine
 
 REPO = Path(__file__).resolve().parent.parent
 TRTLLM_FILES = sorted((REPO / "pt_trtllm" / "trtllm").glob("*.py")) + [REPO / "scripts" / "build.py",
@@ -37,10 +41,10 @@ HAS_TRTLLM = importlib.util.find_spec("tensorrt_llm") is not None
 
 
 def write_engine_dir(path: Path, cfg: PTConfig, schedule: str | None = None, logits_dtype: str = "float32",
-                     **build) -> Path:
+                     merge_impl: str = "allreduce", **build) -> Path:
     """An engine directory as TensorRT-LLM's Engine.save lays it out (config.json: version,
     pretrained_config = PretrainedConfig.to_dict(), build_config), with empty rank files."""
-    pretrained = rank_config(cfg, "float16")
+    pretrained = rank_config(cfg, "float16", merge_impl)
     pretrained["mapping"] = {**pretrained["mapping"], "gpus_per_node": 8, "cp_size": 1}
     pretrained["quantization"] = {**pretrained["quantization"], "group_size": 128}
     pretrained["logits_dtype"] = logits_dtype
@@ -80,6 +84,63 @@ def test_read_engine_info_gives_the_schedule_the_engine_was_built_with(tmp_path)
     assert info.schedule == "sublayer" and info.cfg.combine_op == "residual_sum"
     assert (info.dtype, info.max_batch_size, info.max_input_len, info.max_seq_len) == ("float16", 4, 64, 128)
     assert info.gather_context_logits and info.logits_dtype == "float16"  # the Triton logits outputs' type
+
+
+@pytest.mark.parametrize("merge_impl", MERGE_IMPLS)
+def test_read_engine_info_gives_the_merge_impl_the_engine_was_built_with(tmp_path, merge_impl):
+    info = read_engine_info(write_engine_dir(tmp_path / "e", PTConfig.from_preset("tiny"), merge_impl=merge_impl))
+    assert info.merge_impl == merge_impl
+    path = write_engine_dir(tmp_path / "old", PTConfig.from_preset("tiny"))
+    data = json.loads((path / "config.json").read_text())
+    del data["pretrained_config"]["merge_impl"]  # built before the field existed
+    (path / "config.json").write_text(json.dumps(data))
+    assert read_engine_info(path).merge_impl == "allreduce"
+
+
+def test_the_plugin_library_is_loaded_for_pt_plugin_only_and_its_absence_named(tmp_path, monkeypatch):
+    """support.load_merge_plugins with the real pt_trtllm.plugin_lib: nothing for the AllReduce
+    merges, the library's one-line error for pt_plugin when it is missing or not a loadable library."""
+    missing = tmp_path / "nowhere" / plugin_lib.LIBRARY
+    monkeypatch.setenv(plugin_lib.ENV_VAR, str(missing))
+    for merge_impl in ("allreduce", "allreduce_fused_norm"):
+        load_merge_plugins(merge_impl)
+    with pytest.raises(plugin_lib.PluginLibraryError, match=f"^{plugin_lib.ENV_VAR}={missing} is not a file$"):
+        load_merge_plugins("pt_plugin")
+    broken = tmp_path / plugin_lib.LIBRARY
+    broken.write_bytes(b"not an ELF file")
+    monkeypatch.setenv(plugin_lib.ENV_VAR, str(broken))
+    with pytest.raises(plugin_lib.PluginLibraryError, match=f"^cannot load {broken}: "):
+        load_merge_plugins("pt_plugin")
+    with pytest.raises(ValueError, match="merge_impl='fused'"):
+        load_merge_plugins("fused")
+
+
+def test_merge_max_tokens_is_the_largest_input_ids_shape_of_the_profiles():
+    """[tokens] profiles, or [batch, seq] ones (padded input): the most rows of any profile."""
+    def dims(*maxima):
+        return SimpleNamespace(min=[1] * len(maxima), opt=list(maxima), max=list(maxima))
+
+    assert merge_max_tokens([dims(8192)]) == 8192
+    assert merge_max_tokens([dims(64), dims(4096), dims(512)]) == 4096
+    assert merge_max_tokens([dims(4, 1024), dims(8, 1)]) == 4096
+    assert merge_max_tokens([dims(8, 1), dims(3, 5)]) == 15
+
+
+def test_triton_launch_preloads_the_plugin_library_for_pt_plugin_engines(tmp_path):
+    """The launch command of a pt_plugin engine preloads libpt_trtllm_plugins.so into the servers;
+    the others' is launch_triton_server.py alone."""
+    tokenizer = tmp_path / "tok"
+    tokenizer.mkdir()
+    (tokenizer / "tokenizer.json").write_text("{}")
+    commands = {}
+    for merge_impl in MERGE_IMPLS:
+        engines = write_engine_dir(tmp_path / merge_impl, PTConfig.from_preset("tiny"), merge_impl=merge_impl)
+        options = options_from_engine(engines, tokenizer, tmp_path / "repo")
+        assert options.merge_impl == merge_impl
+        commands[merge_impl] = launch_command(options)
+    plain = f"python3 triton_backend/scripts/launch_triton_server.py --world_size 2 --model_repo {tmp_path / 'repo'}"
+    assert commands["allreduce"] == commands["allreduce_fused_norm"] == plain
+    assert commands["pt_plugin"] == 'LD_PRELOAD="$PT_TRTLLM_PLUGINS_LIB" ' + plain
 
 
 def test_read_engine_info_refuses_other_directories(tmp_path):
@@ -234,6 +295,7 @@ def test_build_flags_take_their_choices_from_the_schedule_and_merge_modules():
     assert (args.schedule, args.merge_impl) == (None, None)  # the checkpoint's
     args = parse("--schedule", "sublayer", "--merge_impl", "allreduce_fused_norm")
     assert (args.schedule, args.merge_impl) == ("sublayer", "allreduce_fused_norm")
+    assert parse("--merge_impl", "pt_plugin").merge_impl == "pt_plugin"
     for flags in (("--schedule", "none"), ("--merge_impl", "fused")):
         with pytest.raises(SystemExit):
             parse(*flags)

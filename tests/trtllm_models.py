@@ -111,7 +111,9 @@ def run_network(trt, ckpt, prompts=PROMPTS, *, schedule: str | None = None, merg
         model.prepare_inputs(max_batch_size=4, max_input_len=16, max_seq_len=32, max_num_tokens=64, use_cache=True)
     inputs = network_inputs(prompts, packed)
     standin.ALLREDUCES.clear()
+    standin.PT_TRACK_MERGES.clear()
     standin.RMSNORM_CALLS.clear()
+    standin.reset_networks()
 
     def rank_forward(rank):
         model = models[rank]

@@ -22,16 +22,43 @@ output orders, and evaluates every operation on torch tensors (`Tensor.value`):
 - models: PretrainedConfig (construction, to_dict, from_dict through MODEL_MAP, from_json_file,
   from_checkpoint), DecoderModelForCausalLM (forward: transformer, gather_last_token_logits,
   lm_head, logits in logits_dtype; from_checkpoint; load with its name and shape checks;
-  prepare_inputs: the inputs it would create, the all-reduce workspace when tp_size > 1);
+  prepare_inputs: the inputs it would create, the all-reduce workspace when tp_size > 1, and
+  input_ids with its optimization profiles' ranges as GenerationMixin.get_profiles_ranges makes
+  them without speculative decoding: one profile [1, opt, max_num_tokens] tokens, or
+  [max_batch_size * max_beam_width, max_input_len] padded, under in-flight batching, else the
+  context/generation pair of has_ctx_gen_opt_profiles);
 - builder, plugin, commands.build: BuildConfig, PluginConfig (enable/disable, "auto" is the model
   dtype), add_plugin_argument, parallel_build -> build_model -> from_checkpoint -> build (the
   network's plugin config, prepare_inputs with the build config's settings, the inputs bound to
-  PTModel.forward as DecoderModelForCausalLM.forward passes them) -> Engine.save's config.json.
+  PTModel.forward as DecoderModelForCausalLM.forward passes them) -> Engine.save's config.json;
+- tensorrt (TensorRT 10.14's Python API, python/src/infer/pyPlugin.cpp and pyGraph.cpp of
+  NVIDIA/TensorRT v10.14): PluginField, PluginFieldType, PluginFieldCollection, TensorRTPhase,
+  get_plugin_registry().get_creator (None for an unregistered creator), IPluginCreatorV3One's
+  create_plugin(name, field_collection, phase), IPluginV3.get_capability_interface(CORE)'s
+  plugin_name / plugin_namespace / plugin_version, LayerType, and each rank's INetworkDefinition
+  (`default_trtnet()`: num_layers; get_layer returning a plain ILayer, whose class the caller
+  sets to IPluginV3Layer / IPluginV2Layer to reach `plugin`; add_plugin_v3(inputs, shape_inputs,
+  plugin) -> IPluginV3Layer with get_output / num_outputs), functional._create_tensor, and
+  network.get_plugin_info (the record TensorRT-LLM keeps for its own plugin layers: allreduce()
+  adds one PLUGIN_V2 layer named "allreduce" per call);
+- the project's PTTrackMerge plugin (plugins/README.md, pt_merge.h, plugins/src/trt/merge_fields.cpp
+  and pt_track_merge_plugin.cpp; PluginMerge's docstring): its creator ("PTTrackMerge", "1",
+  "pt_trtllm"; registered as if libpt_trtllm_plugins.so were loaded, and `pt_trtllm.plugin_lib.load`
+  replaced by a stand-in that resolves the library path with the real `library_path()`, so its
+  one-line errors are real, then registers the creator), which checks every field (names, types,
+  ranges as read_fields does; it also requires all 13, where the plugin would default a missing
+  one) and, in add_plugin_v3, the inputs (count and
+  order from the flags, one dtype, shapes, rows <= max_tokens, rank = the calling rank, num_ranks =
+  the run's world) and computes the merge: the optional combine norm, the quantity to reduce, the
+  sum over the ranks in float32 in rank order, the merged state, the optional dispatch norm and next
+  norm (RMSNorm in float32 with the weight, rounded to the dtype once), outputs in the order merged,
+  dispatch_normed, next_normed.
 
 The T ranks of a model run in one process, one thread each (`run_ranks`): allreduce() waits for every
 rank of its group and sums in rank order, so each rank's network is evaluated as it would run.
-ALLREDUCES records every allreduce() call (rank, group, params) and RMSNORM_CALLS every RmsNorm
-applied (rank, module id). Not modelled: graph rewriting (FusedGatedMLP), the plugin's fused RoPE
+ALLREDUCES records every allreduce() call (rank, group, params), PT_TRACK_MERGES every PTTrackMerge
+node (rank, fields, inputs), PLUGIN_LOADS every load of the plugin library, and RMSNORM_CALLS every
+RmsNorm applied (rank, module id). Not modelled: graph rewriting (FusedGatedMLP), the plugin's fused RoPE
 tables (it computes RoPE from rotary_embedding_base itself), the generation phase and the KV cache.
 It shares any misreading of TensorRT-LLM's semantics; it catches wiring bugs (a wrong norm weight,
 residual, output order, eps, head split, RoPE pairing or dtype).
@@ -60,7 +87,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 NETWORK_MODULES = ("pt_trtllm.trtllm.config", "pt_trtllm.trtllm.merges", "pt_trtllm.trtllm.attention",
-                   "pt_trtllm.trtllm.model")
+                   "pt_trtllm.trtllm.model", "pt_trtllm.trtllm.nodes")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int32": torch.int32}
 
 
@@ -85,6 +112,11 @@ class Tensor:
 
     def ndim(self) -> int:
         return self.value.dim()
+
+    @property
+    def trt_tensor(self) -> Tensor:
+        """The TensorRT tensor (the stand-in's tensors are their own ITensor)."""
+        return self
 
     def is_dynamic(self, dim=None) -> bool:
         return False
@@ -438,6 +470,7 @@ def allreduce(tensor, group, all_reduce_params=_DEFAULT_PARAMS):
     dtype = _dtype(default_net().plugin_config.nccl_plugin)
     rank = current_rank()
     ALLREDUCES.append(AllReduceCall(rank, list(group), params.strategy, params))
+    default_trtnet().add_plugin_v2_layer("allreduce")
     total = _THREAD.collective.all_reduce(rank, list(group), tensor.value.to(dtype))
     if params.fusion_op == AllReduceFusionOp.NONE:
         return Tensor(total.to(tensor.dtype))
@@ -451,6 +484,280 @@ def allreduce(tensor, group, all_reduce_params=_DEFAULT_PARAMS):
     normed = (inter.float() * torch.rsqrt(inter.float().pow(2).mean(-1, keepdim=True) + params.eps))
     normed = (normed * weight if weight is not None else normed).to(dtype)
     return Tensor(normed.to(tensor.dtype)), Tensor(inter.to(tensor.dtype))
+
+
+# ---- tensorrt: plugins, layers, each rank's INetworkDefinition ------------------------------------
+class PluginFieldType(enum.IntEnum):  # pyPlugin.cpp: nvinfer1::PluginFieldType
+    FLOAT16 = 0
+    FLOAT32 = 1
+    FLOAT64 = 2
+    INT8 = 3
+    INT16 = 4
+    INT32 = 5
+    CHAR = 6
+    DIMS = 7
+    UNKNOWN = 8
+    BF16 = 9
+    INT64 = 10
+
+
+class PluginField:
+    def __init__(self, name="", data=None, type=PluginFieldType.UNKNOWN):
+        self.name, self.data, self.type = name, data, type
+        self.size = 0 if data is None else len(data)
+
+
+class PluginFieldCollection(list):  # a bound std::vector<PluginField>
+    pass
+
+
+class TensorRTPhase(enum.IntEnum):
+    BUILD = 0
+    RUNTIME = 1
+
+
+class PluginCapabilityType(enum.IntEnum):
+    CORE = 0
+    BUILD = 1
+    RUNTIME = 2
+
+
+class LayerType(enum.IntEnum):  # the values the network definition and nodes.py compare with
+    PLUGIN_V2 = 20
+    PLUGIN_V3 = 46
+
+
+class ILayer:
+    """What INetworkDefinition.get_layer returns: the base class, without `plugin`."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    @property
+    def type(self):
+        return self._state["type"]
+
+    @property
+    def name(self):
+        return self._state["name"]
+
+    @property
+    def num_outputs(self):
+        return len(self._state["outputs"])
+
+    def get_output(self, index):
+        return self._state["outputs"][index]
+
+
+class IPluginV2Layer(ILayer):
+    @property
+    def plugin(self):
+        return self._state["plugin"]
+
+
+class IPluginV3Layer(ILayer):
+    @property
+    def plugin(self):
+        return self._state["plugin"]
+
+
+class TrtNetwork:
+    """One rank's INetworkDefinition: the plugin layers added to it, and TensorRT-LLM's plugin
+    infos (network.set_plugin_info) by layer name."""
+
+    def __init__(self):
+        self.layers: list[dict] = []
+        self.plugin_infos: dict[str, types.SimpleNamespace] = {}
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def get_layer(self, index) -> ILayer:
+        return ILayer(self.layers[index])
+
+    def add_plugin_v2_layer(self, plugin_name: str) -> None:
+        """A layer TensorRT-LLM's functional API adds with _add_plugin_info (allreduce(): "allreduce")."""
+        name = f"PLUGIN_V2_{plugin_name}_{len(self.layers)}"
+        self.layers.append({"type": LayerType.PLUGIN_V2, "name": name, "plugin": None, "outputs": []})
+        self.plugin_infos[name] = types.SimpleNamespace(plugin_name=plugin_name)
+
+    def add_plugin_v3(self, inputs, shape_inputs, plugin) -> IPluginV3Layer:
+        assert isinstance(inputs, list) and all(isinstance(t, Tensor) for t in inputs), "inputs: a list of ITensor"
+        assert shape_inputs == [], "PTTrackMerge takes no shape inputs"
+        outputs = plugin.enqueue(inputs)
+        state = {"type": LayerType.PLUGIN_V3, "name": f"PLUGIN_V3_{len(self.layers)}", "plugin": plugin,
+                 "outputs": outputs}
+        self.layers.append(state)
+        return IPluginV3Layer(state)
+
+
+_TRT_NETWORKS: dict[int, TrtNetwork] = {}
+_NETWORKS_LOCK = threading.Lock()
+
+
+def default_trtnet() -> TrtNetwork:
+    """The calling rank's INetworkDefinition (each rank thread builds its own network)."""
+    with _NETWORKS_LOCK:
+        return _TRT_NETWORKS.setdefault(current_rank(), TrtNetwork())
+
+
+def rank_network(rank: int) -> TrtNetwork:
+    """Rank `rank`'s INetworkDefinition, after its network was defined."""
+    return _TRT_NETWORKS[rank]
+
+
+def reset_networks() -> None:
+    _TRT_NETWORKS.clear()
+
+
+def get_plugin_info(trt_network, layer_name):  # tensorrt_llm/network.py
+    return trt_network.plugin_infos.get(layer_name)
+
+
+def _create_tensor(trt_tensor, producer) -> Tensor:  # functional.py: wraps a layer's output
+    assert any(trt_tensor is producer.get_output(i) for i in range(producer.num_outputs))
+    return trt_tensor
+
+
+class _Registry:
+    def __init__(self):
+        self.creators: dict[tuple[str, str, str], object] = {}
+
+    def get_creator(self, type, version, plugin_namespace=""):
+        return self.creators.get((type, version, plugin_namespace))
+
+
+_REGISTRY = _Registry()
+
+
+def get_plugin_registry() -> _Registry:
+    return _REGISTRY
+
+
+# ---- the PTTrackMerge plugin (plugins/README.md, pt_merge.h) -------------------------------------
+PT_TRACK_MERGE = ("PTTrackMerge", "1", "pt_trtllm")
+PT_INT_FIELDS = ("combine_op", "residual_form", "num_ranks", "rank", "has_combine_norm", "has_dispatch_norm",
+                 "has_next_norm", "transport", "max_tokens", "oneshot_max_bytes")
+PT_FLOAT_FIELDS = ("combine_eps", "dispatch_eps", "next_eps")
+PT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass
+class PTTrackMergeCall:
+    rank: int
+    fields: dict
+    inputs: list
+    outputs: list
+
+
+PT_TRACK_MERGES: list[PTTrackMergeCall] = []
+PLUGIN_LOADS: list[str] = []  # the library path of every pt_trtllm.plugin_lib.load() call
+
+
+class _Core:  # IPluginV3OneCore
+    plugin_name, plugin_version, plugin_namespace = PT_TRACK_MERGE
+
+
+def _plugin_rms_norm(v: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """The plugin's RMSNorm: v / sqrt(mean(v^2) + eps) * w in float32, rounded to the dtype once."""
+    v32 = v.float()
+    return (v32 * torch.rsqrt(v32.pow(2).mean(-1, keepdim=True) + eps) * w.float()).to(v.dtype)
+
+
+class PTTrackMergePlugin:  # IPluginV3
+    def __init__(self, fields: dict):
+        self.fields = fields
+
+    def get_capability_interface(self, type):
+        return _Core() if type == PluginCapabilityType.CORE else None
+
+    def enqueue(self, inputs: list[Tensor]) -> list[Tensor]:
+        """The node's outputs (merged, [dispatch_normed], [next_normed]) on this rank's inputs."""
+        f, rank = self.fields, current_rank()
+        op, form, T = f["combine_op"], f["residual_form"], f["num_ranks"]
+        residual = op == 2 or form == 1
+        names = ["h", *(["x"] if residual else []), *(["combine_w"] if f["has_combine_norm"] else []),
+                 *(["dispatch_w"] if f["has_dispatch_norm"] else []), *(["next_w"] if f["has_next_norm"] else [])]
+        assert len(inputs) == len(names), f"PTTrackMerge takes {names}, got {len(inputs)} inputs"
+        given = {name: t.value for name, t in zip(names, inputs)}
+        h = given["h"]
+        dtype, H = h.dtype, h.shape[-1]
+        assert dtype in PT_DTYPES and all(v.dtype == dtype for v in given.values()), \
+            f"PTTrackMerge inputs of one dtype: {[(n, v.dtype) for n, v in given.items()]}"
+        assert "x" not in given or given["x"].shape == h.shape, "x must have h's shape"
+        assert all(given[n].shape == (H,) for n in names if n.endswith("_w")), "norm weights are [H]"
+        assert h.numel() // H <= f["max_tokens"], f"{h.numel() // H} rows > max_tokens={f['max_tokens']}"
+        assert f["rank"] == rank, f"rank field {f['rank']} on rank {rank}"
+        assert T == _THREAD.collective.world, f"num_ranks={T} in a run of {_THREAD.collective.world} ranks"
+        x = given.get("x")
+        hc = _plugin_rms_norm(h, given["combine_w"], f["combine_eps"]) if "combine_w" in given else h
+        if op == 2:
+            q = (hc.float() - x.float()).to(dtype)
+        elif form == 1:
+            q = ((hc.float() - x.float()) / T if op == 0 else hc.float() - x.float() / T).to(dtype)
+        else:
+            q = hc
+        reduced = _THREAD.collective.all_reduce(rank, list(range(T)), q.float())
+        merged = (x.float() + reduced if residual else reduced * (1.0 / T if op == 0 else 1.0)).to(dtype)
+        outputs = [merged]
+        current = merged
+        if "dispatch_w" in given:
+            current = _plugin_rms_norm(merged, given["dispatch_w"], f["dispatch_eps"])
+            outputs.append(current)
+        if "next_w" in given:
+            outputs.append(_plugin_rms_norm(current, given["next_w"], f["next_eps"]))
+        outputs = [Tensor(o) for o in outputs]
+        PT_TRACK_MERGES.append(PTTrackMergeCall(rank, dict(f), list(inputs), outputs))
+        return outputs
+
+
+class PTTrackMergeCreator:  # IPluginCreatorV3One
+    name, plugin_version, plugin_namespace = PT_TRACK_MERGE
+    field_names = PluginFieldCollection(PluginField(n) for n in (*PT_INT_FIELDS, *PT_FLOAT_FIELDS))
+
+    def create_plugin(self, name, field_collection, phase) -> PTTrackMergePlugin:
+        assert isinstance(name, str) and phase == TensorRTPhase.BUILD
+        fields = {}
+        for field_ in field_collection:
+            kind = PluginFieldType.INT32 if field_.name in PT_INT_FIELDS else PluginFieldType.FLOAT32
+            assert field_.name in (*PT_INT_FIELDS, *PT_FLOAT_FIELDS), f"unknown PTTrackMerge field {field_.name!r}"
+            assert field_.name not in fields, f"field {field_.name!r} given twice"
+            assert field_.type == kind and field_.data.dtype == (np.int32 if kind == PluginFieldType.INT32
+                                                                  else np.float32), \
+                f"field {field_.name!r}: {field_.type!r} of {field_.data.dtype}"
+            assert field_.data.shape == (1,), f"field {field_.name!r} has {field_.data.shape} elements"
+            fields[field_.name] = field_.data.item()
+        missing = set(PT_INT_FIELDS + PT_FLOAT_FIELDS) - set(fields)
+        assert not missing, f"PTTrackMerge fields missing: {sorted(missing)}"
+        assert fields["combine_op"] in (0, 1, 2) and fields["transport"] in (0, 1, 2)
+        assert all(fields[n] in (0, 1) for n in ("residual_form", "has_combine_norm", "has_dispatch_norm",
+                                                 "has_next_norm"))
+        assert 0 <= fields["rank"] < fields["num_ranks"] and fields["max_tokens"] >= 1
+        assert fields["oneshot_max_bytes"] >= 0 and (fields["transport"] != 2 or fields["num_ranks"] <= 16)
+        assert all(math.isfinite(fields[n]) and fields[n] >= 0 for n in PT_FLOAT_FIELDS)
+        return PTTrackMergePlugin(fields)
+
+
+def register_pt_plugin() -> None:
+    """TensorRT's registry with the PTTrackMerge creator, as once libpt_trtllm_plugins.so is loaded."""
+    _REGISTRY.creators[PT_TRACK_MERGE] = PTTrackMergeCreator()
+
+
+def unregister_pt_plugin() -> None:
+    """The registry as in a process that has not loaded the library."""
+    _REGISTRY.creators.pop(PT_TRACK_MERGE, None)
+
+
+def load_plugin_library():
+    """pt_trtllm.plugin_lib.load, stood in: the real library_path() (its one-line
+    PluginLibraryError when the library is missing), then the creator registered (no ctypes load)."""
+    from pt_trtllm import plugin_lib
+
+    path = plugin_lib.library_path()
+    PLUGIN_LOADS.append(str(path))
+    register_pt_plugin()
+    return path
 
 
 def _plugin_rope(x: torch.Tensor, positions: torch.Tensor, dim: int, base: float, kind) -> torch.Tensor:
@@ -872,6 +1179,37 @@ def transformer_kwargs(forward_args: dict) -> dict:
             **{k: forward_args[k] for k in OPTIONAL_INPUTS if forward_args.get(k) is not None}}
 
 
+@dataclass
+class DimRange:  # functional.py: one profile's (min, opt, max) of every dimension
+    min: list
+    opt: list
+    max: list
+
+
+def input_ids_profiles(plugin_config, max_batch_size, max_beam_width, max_input_len, max_num_tokens) -> list:
+    """The profiles of input_ids (generation_mixin.py: prepare_basic_inputs, has_ctx_gen_opt_profiles,
+    get_profiles_ranges) without draft tokens, opt_batch_size or multiple_profiles; a paged KV cache
+    unless plugin_config.paged_kv_cache is False (BuildConfig.update_kv_cache_type's default)."""
+    packed = plugin_config.remove_input_padding
+    paged = plugin_config.paged_kv_cache is not False
+    gpt, gemm = bool(plugin_config.gpt_attention_plugin), bool(plugin_config.gemm_plugin)
+    ctx_gen = not (gpt and gemm) and not (packed and gpt and paged)
+
+    def rng(high):
+        return [1, (high + 1) // 2, high]
+
+    if ctx_gen:
+        if packed:
+            return [DimRange(*zip(rng(max_batch_size * max_input_len))),
+                    DimRange(*zip(rng(max_batch_size * max(1, max_beam_width))))]
+        return [DimRange(*zip(rng(max_batch_size), rng(max_input_len))),
+                DimRange(*zip(rng(max_batch_size * max_beam_width), [1, 1, 1]))]
+    if packed:
+        opt = min(max_num_tokens, max_batch_size * max_beam_width)
+        return [DimRange([1], [opt], [max_num_tokens])]
+    return [DimRange(*zip(rng(max_batch_size * max_beam_width), [1, 1, max_input_len]))]
+
+
 class DecoderModelForCausalLM(Module):
     def __init__(self, config, transformer, lm_head):
         super().__init__()
@@ -910,6 +1248,8 @@ class DecoderModelForCausalLM(Module):
             current_all_reduce_helper().set_workspace_tensor(self.config.mapping)
         result = dict.fromkeys(("input_ids", "position_ids", "use_cache", "last_token_ids", "attention_mask",
                                 "kv_cache_params", "attention_params"), "input")
+        result["input_ids"] = types.SimpleNamespace(profiles=input_ids_profiles(
+            default_net().plugin_config, max_batch_size, max_beam_width, max_input_len, max_num_tokens))
         if prompt_embedding_table_size > 0:
             result.update(dict.fromkeys(("prompt_embedding_table", "prompt_tasks", "prompt_vocab_size"), "input"))
         if default_net().plugin_config.lora_plugin:
@@ -1034,13 +1374,18 @@ def install(monkeypatch):
         monkeypatch.setitem(sys.modules, name, mod)
         return mod
 
+    module("tensorrt", PluginField=PluginField, PluginFieldType=PluginFieldType,
+           PluginFieldCollection=PluginFieldCollection, TensorRTPhase=TensorRTPhase,
+           PluginCapabilityType=PluginCapabilityType, LayerType=LayerType, ILayer=ILayer,
+           IPluginV2Layer=IPluginV2Layer, IPluginV3Layer=IPluginV3Layer, get_plugin_registry=get_plugin_registry)
     module("tensorrt_llm")
-    module("tensorrt_llm._common", default_net=default_net)
+    module("tensorrt_llm._common", default_net=default_net, default_trtnet=default_trtnet)
     module("tensorrt_llm.functional", AllReduceFusionOp=AllReduceFusionOp, AllReduceParams=AllReduceParams,
            AllReduceStrategy=AllReduceStrategy, PositionEmbeddingType=PositionEmbeddingType,
-           RopeEmbeddingUtils=RopeEmbeddingUtils, Tensor=Tensor, allreduce=allreduce, cast=cast, concat=concat,
-           constant=constant, embedding=embedding, gpt_attention=gpt_attention, shape=shape, split=split,
-           unsqueeze=unsqueeze)
+           RopeEmbeddingUtils=RopeEmbeddingUtils, Tensor=Tensor, _create_tensor=_create_tensor, allreduce=allreduce,
+           cast=cast, concat=concat, constant=constant, embedding=embedding, gpt_attention=gpt_attention, shape=shape,
+           split=split, unsqueeze=unsqueeze)
+    module("tensorrt_llm.network", get_plugin_info=get_plugin_info)
     module("tensorrt_llm.layers", Attention=Attention, AttentionMaskType=AttentionMaskType,
            AttentionParams=AttentionParams, ColumnLinear=Linear, Embedding=Embedding, GatedMLP=GatedMLP,
            KeyValueCacheParams=KeyValueCacheParams, RmsNorm=RmsNorm)
@@ -1053,10 +1398,15 @@ def install(monkeypatch):
     module("tensorrt_llm.commands.build", parallel_build=parallel_build)
     module("tensorrt_llm.logger", logger=_Logger())
     module("tensorrt_llm.plugin", PluginConfig=PluginConfig, add_plugin_argument=add_plugin_argument)
+    from pt_trtllm import plugin_lib
+
+    monkeypatch.setattr(plugin_lib, "load", load_plugin_library)
     for name in NETWORK_MODULES:
         monkeypatch.delitem(sys.modules, name, raising=False)
-    for record in (ALLREDUCES, RMSNORM_CALLS, PREPARED, BUILT):
+    for record in (ALLREDUCES, RMSNORM_CALLS, PREPARED, BUILT, PT_TRACK_MERGES, PLUGIN_LOADS):
         record.clear()
+    reset_networks()
+    register_pt_plugin()  # as where the library is loaded; unregister_pt_plugin() for a process without it
     set_plugin_config(PluginConfig(dtype="float32"))
     init_all_reduce_helper()
     return importlib.import_module("pt_trtllm.trtllm.model")

@@ -4,9 +4,10 @@ One engine per rank; rank t holds track t. The tracks are TensorRT-LLM's tensor-
 (mapping world_size = tp_size = T), so the runtime, mpirun and Triton treat the engines as an
 ordinary T-way model. Every per-track layer is built with tp_size = T and NO tp_group: TensorRT-LLM
 then gives it one track's shapes (totals / T) and inserts no collective (RowLinear all-reduces only
-when it has a tp_group). The only collectives are the merges, one explicit AllReduce plugin node
-(tensorrt_llm.functional.allreduce) after each segment of the schedule: L/D per forward under
-"block", 2L under "sublayer". The embedding, the final norm and the LM head are replicated.
+when it has a tp_group). The only collectives are the merges, one explicit collective node after
+each segment of the schedule (an AllReduce plugin node, tensorrt_llm.functional.allreduce, or with
+merge_impl "pt_plugin" a PTTrackMerge node): L/D per forward under "block", 2L under "sublayer".
+The embedding, the final norm and the LM head are replicated.
 
 Structure and names mirror pt_trtllm/modeling.py for the one track a rank holds: PTModel runs it
 segment by segment (`track` is modeling's Track.forward, `entry_norm` its Track.entry_norm,
@@ -14,17 +15,19 @@ segment by segment (`track` is modeling's Track.forward, `entry_norm` its Track.
 pt_trtllm/merge.py's interface, `merged, normed = merge(x, hs, norm=None)` (pt_trtllm/trtllm/
 merges.py, one class per config `merge_impl`): the network hands each merge the norm that runs
 next on the merged state (the next segment's entry norm, or ln_f) and takes that norm's output from
-the merge, so the fused merge (AllReduceFusionOp.RESIDUAL_RMS_NORM) computes it in its AllReduce
-node. A model with qk_norm uses the QK-norm attention of pt_trtllm/trtllm/attention.py (RoPE and
-the q/k norms in the graph, the plugin without RoPE); the others TensorRT-LLM's Attention (RoPE in
-the plugin). The weight names are those of pt-spec section 5: transformer.vocab_embedding,
+the merge, so a fused merge computes it in its own node (the AllReduce node with
+AllReduceFusionOp.RESIDUAL_RMS_NORM, or the PTTrackMerge node). A model with qk_norm uses the
+QK-norm attention of pt_trtllm/trtllm/attention.py (RoPE and the q/k norms in the graph, the plugin
+without RoPE); the others TensorRT-LLM's Attention (RoPE in the plugin). The weight names are those of pt-spec section 5: transformer.vocab_embedding,
 transformer.layers.{l}.{input_layernorm, attention.qkv, attention.dense, attention.q_layernorm,
 attention.k_layernorm, post_layernorm, mlp.fc, mlp.gate, mlp.proj}, transformer.dispatch_norms.{b},
 transformer.combine_norms.{b}, transformer.ln_f, lm_head.
 
 Build settings under which TensorRT-LLM would hand PTModel.forward inputs it does not take (prompt
 tables, speculative decoding, mrope, LoRA), and plugins it cannot be built with, are refused in
-PTForCausalLM.prepare_inputs, which every build runs (support.check_build_settings).
+PTForCausalLM.prepare_inputs, which every build runs (support.check_build_settings); it also hands
+the merge the most token rows a forward can have (the input_ids profiles' largest shape,
+support.merge_max_tokens), which sizes the PTTrackMerge plugin's buffers.
 
 Importing this file registers PTForCausalLM in tensorrt_llm.models.MODEL_MAP, so that
 `trtllm-build --model_cls_file <this file> --model_cls_name PTForCausalLM` and every reader of an
@@ -57,7 +60,7 @@ from pt_trtllm.schedule import Segment, build_schedule
 from pt_trtllm.trtllm.attention import QKNormAttention, Rotary
 from pt_trtllm.trtllm.config import PTPretrainedConfig
 from pt_trtllm.trtllm.merges import make_merge
-from pt_trtllm.trtllm.support import check_build_settings, check_supported
+from pt_trtllm.trtllm.support import check_build_settings, check_supported, merge_max_tokens
 
 
 def _norm(config: PTPretrainedConfig) -> RmsNorm:
@@ -155,7 +158,8 @@ class PTModel(Module):
         self.rotary = Rotary(config.head_size, config.rope_theta, config.max_position_embeddings) \
             if config.qk_norm else None
         self.segments = tuple(build_schedule(config.merge_schedule, config.num_hidden_layers, config.block_depth))
-        self.merge = make_merge(config.merge_impl, config.combine_op, config.num_tracks, config.mapping.tp_group)
+        self.merge = make_merge(config.merge_impl, config.combine_op, config.num_tracks, config.mapping.tp_group,
+                                config.mapping.tp_rank)
         self.has_dispatch_norms, self.has_combine_norms = config.track_dispatch_norm, config.track_combine_norm
 
     def forward(self, input_ids, position_ids=None, use_cache=False, attention_mask=None, kv_cache_params=None,
@@ -172,7 +176,7 @@ class PTModel(Module):
             x, normed = self.merge(x, [h], self._next_norm(self.segments, i))
         # ln_f(x), from the last merge: unlike modeling.PTModel (whose merge may have no single next
         # norm when a process holds several tracks), the network never applies a norm the merge was
-        # handed, so with the fused merge each such norm exists only inside an AllReduce node.
+        # handed, so with a fused merge each such norm exists only inside the merge's node.
         hidden = normed
         return (hidden, tuple(ctx.presents)) if use_cache else hidden
 
@@ -224,12 +228,16 @@ class PTForCausalLM(DecoderModelForCausalLM):
         settings that would make DecoderModelForCausalLM.forward hand PTModel.forward inputs it does
         not take, and the plugins the network cannot be built with (support.check_build_settings):
         a TypeError deep in the build otherwise. The model is made from its PretrainedConfig alone,
-        so this is the first place the build settings are seen."""
+        so this is the first place the build settings are seen. Then it tells the merge the most
+        token rows one forward can hand it (Merge.max_tokens): the largest input_ids shape of the
+        optimization profiles TensorRT-LLM made (support.merge_max_tokens)."""
         given = inspect.signature(super().prepare_inputs).bind(*args, **kwargs).arguments
         check_build_settings(default_net().plugin_config, self.config.qk_norm,
                              given.get("prompt_embedding_table_size", 0), given.get("max_draft_len", 0),
                              given.get("mrope_rotary_cos_sin_size"))
-        return super().prepare_inputs(*args, **kwargs)
+        inputs = super().prepare_inputs(*args, **kwargs)
+        self.transformer.merge.max_tokens = merge_max_tokens(inputs["input_ids"].profiles)
+        return inputs
 
     def load(self, weights, from_pruned=False):
         """Load rank{t}.safetensors; the stored [V, H] LM head gets the zero rows of the padding."""

@@ -4,19 +4,27 @@ the parsed arguments of pt-spec section 7. This module imports without tensorrt_
 imports it (and the network definition, which registers PTForCausalLM for the engine's config).
 
 Rank 0 enqueues the requests, prints the result and writes --output_json / --output_logits (the
-same fields as the PyTorch runtime); the other ranks serve inside the TensorRT-LLM executor.
+same fields as the PyTorch runtime); the other ranks serve inside the TensorRT-LLM executor. Every
+rank loads libpt_trtllm_plugins.so before the engines are deserialized when their config.json says
+merge_impl "pt_plugin" (support.load_merge_plugins; a missing library is a one-line error naming it).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+import uuid
 
 from ..cli import check_prompts, end_ids, load_tokenizer, npy_bytes, parse_prompts, report, write_atomic
+from ..plugin_lib import PluginLibraryError
 from ..schedule import merges_per_forward
-from .support import EngineInfo, engine_schedule, read_engine_info
+from .support import EngineInfo, engine_schedule, load_merge_plugins, read_engine_info
 
+JOB_ID = "PT_TRTLLM_JOB_ID"
+"""The variable the PTTrackMerge rendezvous keys its files by (plugins/README.md); rank 0's fresh uuid
+when the user has not set it."""
 OTHER_COLLECTIVES_NOTE = ("other_collectives_per_step is null: collectives outside the engine are internal to "
                           "the TensorRT-LLM runtime and not counted; the engine itself holds only the merges")
 INSTALL_HINT = ("engine directories need TensorRT-LLM 1.2.1 with TensorRT 10.x: install NVIDIA's tensorrt_llm==1.2.1 "
@@ -27,7 +35,7 @@ NO_EOS = -1  # end_id when neither the model nor --end_id gives one: generation 
 def run_engine(args) -> int:
     """Generate with the engines in args.engine_dir; the exit status (2: a one-line error)."""
     try:
-        from tensorrt_llm._utils import mpi_rank, mpi_world_size
+        from tensorrt_llm._utils import mpi_broadcast, mpi_rank, mpi_world_size
     except ImportError:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
@@ -37,13 +45,17 @@ def run_engine(args) -> int:
     try:
         info = read_engine_info(args.engine_dir)
         schedule = engine_schedule(args.schedule, info)
+        load_merge_plugins(info.merge_impl)  # pt_plugin: the PTTrackMerge creator, before deserializing
         tokenizer = load_tokenizer(args.tokenizer_dir)
         prompts = parse_prompts(args, tokenizer)
         check_request(info, prompts, args.max_output_len, mpi_world_size(), bool(args.output_logits))
         eos_ids = end_ids(args.end_id, info.cfg.eos_token_id, tokenizer)
-    except ValueError as e:
+    except (ValueError, PluginLibraryError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    if info.merge_impl == "pt_plugin" and mpi_world_size() > 1 and not os.environ.get(JOB_ID):
+        # the PTTrackMerge nodes meet in a file store keyed by a job id; MPICH's launcher exports none
+        os.environ[JOB_ID] = mpi_broadcast(uuid.uuid4().hex if rank == 0 else None, root=0)
     result = generate(info, prompts, args, eos_ids, rank)
     if rank != 0:
         return 0

@@ -10,7 +10,8 @@ Spec features and how the engine handles them:
 - `track_dispatch_norm`, `track_combine_norm`: plain RmsNorm layers around each track block, exact.
 - schedules: those of schedule.CONTEXTS["engine"] ("block", "sublayer") are built into the network;
   "none" (timing only) is not. schedule.check_schedule decides, as everywhere.
-- `merge_impl`: every value of pt_trtllm.merge.MERGE_IMPLS (pt_trtllm/trtllm/merges.py).
+- `merge_impl`: every value of pt_trtllm.merge.MERGE_IMPLS (pt_trtllm/trtllm/merges.py); "pt_plugin"
+  needs libpt_trtllm_plugins.so in the process that builds or runs the engine (`load_merge_plugins`).
 
 Refused, each with a one-line error naming it: a head size the GPT attention plugin has no
 generation kernel for, a hidden size that is not a multiple of T, a fused merge on a hidden size
@@ -21,12 +22,14 @@ and post norms), and build settings the network does not take (`check_build_sett
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import plugin_lib
 from ..config import PTConfig
-from ..formats import check_rank_config, read_json
-from ..merge import check_merge_impl
+from ..formats import check_rank_config, merge_impl_of, read_json
+from ..merge import DEFAULT_MERGE_IMPL, check_merge_impl
 from ..schedule import CONTEXTS, check_schedule
 
 MMHA_HEAD_SIZES = (32, 48, 64, 80, 96, 104, 112, 128, 144, 160, 192, 224, 256)
@@ -80,6 +83,34 @@ def check_architecture(cfg) -> None:
     for name in ("pre_residual_norm", "post_norm"):
         if getattr(cfg, name):
             raise ValueError(f"{name}=True is not built by the TensorRT-LLM engine")
+
+
+PLUGIN_MERGE_IMPLS = ("pt_plugin",)
+"""merge_impl values whose engines hold PTTrackMerge nodes: libpt_trtllm_plugins.so must be loaded
+before such an engine is built or deserialized."""
+
+
+def load_merge_plugins(merge_impl: str) -> None:
+    """Load libpt_trtllm_plugins.so (pt_trtllm.plugin_lib.load: once per process, RTLD_GLOBAL, so
+    that TensorRT's plugin registry has the PTTrackMerge creator) when `merge_impl` needs it:
+    scripts/build.py calls this before building, the engine runner before deserializing.
+    PluginLibraryError, one line naming the library, when it is missing or cannot be loaded."""
+    if check_merge_impl(merge_impl) in PLUGIN_MERGE_IMPLS:
+        plugin_lib.load()
+
+
+def merge_max_tokens(input_ids_profiles) -> int:
+    """The most token rows the network can hand one merge in a forward: the largest product of the
+    `input_ids` dimensions' maxima over the optimization profiles TensorRT-LLM made for them
+    (PretrainedModel.prepare_inputs returns input_ids as a functional.Tensor whose `profiles` are
+    DimRange objects with `.max` per dimension, from GenerationMixin.get_profiles_ranges). Every
+    hidden state is [tokens, H] (packed input) or [batch, seq, H] (padded input) with those
+    dimensions, so this is exactly the bound the PTTrackMerge plugin checks each profile against
+    (configurePlugin: rows <= max_tokens). It is the build's max_num_tokens for packed input with
+    in-flight batching (the usual build), but max_batch_size * max_input_len with TensorRT-LLM's
+    context/generation profiles (e.g. a continuous KV cache without the gemm plugin), and
+    max_batch_size * max_beam_width * max_input_len for padded input in one profile."""
+    return max(math.prod(profile.max) for profile in input_ids_profiles)
 
 
 REFUSED_PLUGINS = {
@@ -136,6 +167,9 @@ class EngineInfo:
     gather_context_logits: bool
     logits_dtype: str = "float32"
     """The dtype of the engine's logits output (pretrained_config.logits_dtype)."""
+    merge_impl: str = DEFAULT_MERGE_IMPL
+    """How the engine's ranks merge (pretrained_config.merge_impl): "pt_plugin" needs the plugin
+    library loaded before the engine is deserialized (load_merge_plugins)."""
 
 
 def read_engine_info(engine_dir: str | Path) -> EngineInfo:
@@ -151,7 +185,7 @@ def read_engine_info(engine_dir: str | Path) -> EngineInfo:
     cfg = check_rank_config(pretrained)
     return EngineInfo(cfg, cfg.merge_schedule, pretrained["dtype"], build["max_batch_size"], build["max_input_len"],
                       build["max_seq_len"], bool(build.get("gather_context_logits")),
-                      pretrained.get("logits_dtype", "float32"))
+                      pretrained.get("logits_dtype", "float32"), merge_impl_of(pretrained))
 
 
 def engine_schedule(requested: str | None, info: EngineInfo) -> str:

@@ -12,7 +12,13 @@ names as in TensorRT-LLM's `triton_backend/inflight_batcher_llm/src/model_instan
 `model_state.cc` and `all_models/inflight_batcher_llm/*/config.pbtxt`; see docs/serving.md for the
 files and commits checked). The engines' tensor-parallel size is T (one track per rank), so the
 server runs with `launch_triton_server.py --world_size T` (leader mode: MPI rank 0 serves, the
-other ranks run the engine).
+other ranks run the engine). Engines built with merge_impl "pt_plugin" hold PTTrackMerge nodes,
+which the backend's C++ runtime can deserialize only once libpt_trtllm_plugins.so is in every
+tritonserver process: their launch command preloads it (LD_PRELOAD, from $PT_TRTLLM_PLUGINS_LIB;
+launch_triton_server.py hands its environment to mpirun, which hands it to the T servers). The
+plugin's rendezvous needs no setting there: its job id defaults to the PMIX_NAMESPACE that Open
+MPI's mpirun gives every rank, its directory to /tmp/pt_trtllm_rendezvous (plugins/README.md;
+PT_TRTLLM_JOB_ID and PT_TRTLLM_RENDEZVOUS_DIR override them, docs/trtllm.md).
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ class RepoOptions:
     logits_dtype: str = "float32"
     """The engine's logits_dtype (pretrained_config.logits_dtype): the type of context_logits and
     generation_logits, as the backend's config.pbtxt declares them (${logits_datatype})."""
+    merge_impl: str = "allreduce"
+    """The engine's merge_impl (pretrained_config.merge_impl): "pt_plugin" needs the plugin library
+    preloaded into the servers (launch_command)."""
 
 
 # ---- pbtxt --------------------------------------------------------------------------------------------
@@ -214,8 +223,16 @@ def ensemble_config(o: RepoOptions) -> str:
             + _io("output", outputs) + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n")
 
 
+PLUGIN_LAUNCH_ENV = 'LD_PRELOAD="$PT_TRTLLM_PLUGINS_LIB" '
+"""What the launch command of a pt_plugin engine starts with: the plugin library preloaded into
+every process of the launch (PT_TRTLLM_PLUGINS_LIB: its path in the serving container)."""
+
+
 def launch_command(o: RepoOptions) -> str:
-    return (f"python3 triton_backend/scripts/launch_triton_server.py --world_size {o.world_size} "
+    from .support import PLUGIN_MERGE_IMPLS
+
+    env = PLUGIN_LAUNCH_ENV if o.merge_impl in PLUGIN_MERGE_IMPLS else ""
+    return (f"{env}python3 triton_backend/scripts/launch_triton_server.py --world_size {o.world_size} "
             f"--model_repo {o.output_dir.resolve()}")
 
 
@@ -261,4 +278,4 @@ def options_from_engine(engine_dir: str | Path, tokenizer_dir: str | Path, outpu
     if batch > info.max_batch_size:
         raise ValueError(f"--max_batch_size {batch} exceeds the engine's max_batch_size {info.max_batch_size}")
     return RepoOptions(engine_dir, tokenizer_dir, Path(output_dir), world, batch, logits_dtype=info.logits_dtype,
-                       **kwargs)
+                       merge_impl=info.merge_impl, **kwargs)

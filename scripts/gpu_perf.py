@@ -120,6 +120,7 @@ def decode_points(args, cfg, model, lm_head, weights, bandwidth, device) -> list
                 graphs, compiled = MODES[mode]
                 engine = TrackEngine.from_model(model, lm_head, comm, device, max_batch=batch, max_len=context + 1,
                                                 cuda_graphs=graphs and device.type == "cuda", compile=compiled)
+                point["cache_positions"] = engine.max_len  # the cache every step reads (masked past the context)
                 tokens = torch.ones(batch, dtype=torch.long, device=device)
                 positions = torch.full((batch,), context, dtype=torch.long, device=device)
                 point[f"{mode}_step_ms"] = timed(lambda: engine.decode(tokens, positions, "none"), device, args.repeats)

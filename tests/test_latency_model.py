@@ -153,6 +153,7 @@ def test_the_perf_stage_writes_what_the_model_reads(tmp_path):
     assert any("linear" in k["name"] or "mm" in k["name"] for k in top), top
     assert [k["self_us_per_step"] for k in top] == sorted((k["self_us_per_step"] for k in top), reverse=True)
     point = steps["decode"][1]
+    assert point["cache_positions"] == 24 + 1  # sized to the context (and the step's own token)
     kv = 24 * 2 * kv_bytes_per_token(cfg) * 2  # float32: twice the model's bf16 bytes per token
     assert point["kv_read_GB"] * 1e9 == kv
     assert point["bound_ms"] == pytest.approx(1e3 * (point["weights_read_GB"] * 1e9 + kv) / (steps["read_bandwidth_TBps"] * 1e12))

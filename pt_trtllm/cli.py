@@ -17,7 +17,7 @@ COMMUNICATORS = ("mpi4py", "nccl", "pt_plugin")
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
-    """--device, --threads, --comm, --plugin_transport and --no_cuda_graphs (read by
+    """--device, --threads, --comm, --plugin_transport, --no_cuda_graphs and --kv_buckets (read by
     runtime.launch.setup and TrackEngine)."""
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
     parser.add_argument("--threads", type=int, help="torch threads per rank on CPU (default: cores / local ranks)")
@@ -29,6 +29,10 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
                         help="--comm pt_plugin: the library's all-reduce (auto: one-shot over peer memory for small "
                              "messages, NCCL otherwise; oneshot also lets ranks share one GPU)")
     parser.add_argument("--no_cuda_graphs", action="store_true", help="run CUDA decode steps eagerly")
+    parser.add_argument("--kv_buckets", action="store_true",
+                        help="CUDA: one decode graph per cache-length bucket of 256 positions, so a step reads the KV "
+                             "cache up to the batch's longest sequence instead of all of it (default: one graph per "
+                             "batch size over the whole cache)")
 
 
 def load_tokenizer(path):

@@ -9,6 +9,8 @@ the `none` schedule (one GPU has no peer to merge with: this is the track's own 
   sequence), for each mode in --modes (cuda_graph; compile_cuda_graph only at batch 1: minutes of
   compiling). Next to each: the bound, (weight bytes + KV bytes read) / the measured read bandwidth;
   with --profile, the top operations of a batch-1 step by self time on the device (torch.profiler);
+  with --serve_cache N (CUDA), the same step in a cache of N positions as a server sizes it, over the
+  whole cache (the previous decode path) and with --kv_buckets (graphs per 256-position bucket);
 - prefill: one prompt of each length in --prefill_tokens, eager (the runtime never captures prefill),
   with max_position_embeddings raised to fit the longest (said in the JSON), and the achieved TFLOP/s
   (pt_trtllm.latency_model.prefill_flops).
@@ -128,9 +130,26 @@ def decode_points(args, cfg, model, lm_head, weights, bandwidth, device) -> list
                 if args.profile and batch == 1:
                     point[f"{mode}_top_kernels"] = top_kernels(lambda: engine.decode(tokens, positions, "none"), device)
                 engine = None  # free its cache before the next one
+            if device.type == "cuda" and args.serve_cache > context + 1:
+                point.update(serve_cache_steps(args, model, lm_head, device, batch, context))
             print(json.dumps(point), flush=True)
             points.append(point)
     return points
+
+
+def serve_cache_steps(args, model, lm_head, device, batch: int, context: int) -> dict:
+    """The same step in a cache of args.serve_cache positions, as a server sizes it: CUDA graphs
+    over the whole cache (the previous path) and per 256-position bucket (--kv_buckets)."""
+    out, N = {}, args.serve_cache
+    for name, buckets in (("cuda_graph", False), ("kv_buckets", True)):
+        engine = TrackEngine.from_model(model, lm_head, Communicator(0, 1), device, max_batch=batch, max_len=N,
+                                        kv_buckets=buckets)
+        tokens = torch.ones(batch, dtype=torch.long, device=device)
+        positions = torch.full((batch,), context, dtype=torch.long, device=device)
+        out[f"cache{N}_{name}_step_ms"] = timed(lambda: engine.decode(tokens, positions, "none", context), device,
+                                                args.repeats)
+        engine = None  # free its cache before the next one
+    return out
 
 
 def prefill_points(args, cfg, model, lm_head, device) -> list[dict]:
@@ -157,6 +176,9 @@ def main(argv=None) -> int:
     p.add_argument("--prefill_tokens", type=ints, default=[1024, 2048, 4096, 8192, 16384])
     p.add_argument("--modes", type=lambda s: s.split(","), default=["cuda_graph", "compile_cuda_graph"])
     p.add_argument("--repeats", type=int, default=30, help="timed decode steps per point (prefill: a tenth)")
+    p.add_argument("--serve_cache", type=int, default=4096,
+                   help="CUDA: also time each decode point in a cache of this many positions, over the whole cache "
+                        "and with --kv_buckets (0: skip)")
     p.add_argument("--profile", action="store_true",
                    help="also record the top operations of a batch-1 decode step of each mode (torch.profiler)")
     p.add_argument("--out", required=True, help="the JSON to write, e.g. docs/results/perf-h200.json")
@@ -175,7 +197,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    longest = max(args.contexts + args.prefill_tokens) + 1
+    longest = max(args.contexts + args.prefill_tokens + ([args.serve_cache] if args.device == "cuda" else [])) + 1
     raised = longest > cfg.max_position_embeddings
     if raised:
         cfg = PTConfig.from_preset(args.preset, max_position_embeddings=longest)

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         longest = max((len(p) for p in prompts), default=0)
         engine = TrackEngine(args.engine_dir, comm, device, max_batch=max(1, len(prompts)),
                              max_len=longest + args.max_output_len, cuda_graphs=not args.no_cuda_graphs,
-                             compile=args.compile)
+                             compile=args.compile, kv_buckets=args.kv_buckets)
         engine.check_request(prompts, args.max_output_len)
         if args.output_logits and len({len(p) for p in prompts}) != 1:
             raise ValueError("--output_logits needs prompts of equal length")

@@ -64,3 +64,47 @@ def test_check_request_refuses_exactly_past_each_limit(small_engine, prompts, ma
     else:
         with pytest.raises(ValueError, match=re.escape(message)):
             small_engine.check_request(prompts, max_output_len)
+
+
+def test_kv_buckets_round_up_to_256_positions_within_the_cache():
+    """--kv_buckets: a decode graph attends to the next multiple of 256 cache positions past the
+    batch's longest sequence, never past max_len."""
+    model = make_pt_model("tiny", seed=0, max_position_embeddings=1024,
+                          **{k: v for k, v in T1.items() if k != "qk_norm"})
+    engine = TrackEngine.from_model(model.model, model.lm_head.weight, Communicator(0, 1), torch.device("cpu"),
+                                    max_batch=1, max_len=600)
+    assert [engine.kv_bucket(n) for n in (1, 256, 257, 512, 513, 600)] == [256, 256, 512, 512, 600, 600]
+
+
+def test_decode_steps_over_a_bucket_of_garbage_give_the_exact_length_tokens(tmp_path, monkeypatch):
+    """A bucketed decode graph runs the same step as the eager one but attends to kv_bucket(n)
+    cache positions, past every sequence's own: with garbage in all of them (as a graph capture
+    leaves at the bucket's last position), greedy tokens and logits equal those of steps over
+    exactly max(positions) + 1 positions."""
+    model = make_pt_model("tiny", seed=5, max_position_embeddings=1024, **T1)
+    engine = TrackEngine.from_model(model.model, model.lm_head.weight, Communicator(0, 1), torch.device("cpu"),
+                                    max_batch=2, max_len=600)
+    assert engine.kv_bucket(8) == 256 and engine.max_len == 600
+    prompts = [[3, 14, 15, 92, 65, 35, 89], [79, 32, 38]]
+    exact = engine.generate(prompts, 12, SamplingParams())
+    step_logits = {}
+    exact_decode = engine._decode
+
+    def bucketed(tokens, positions, schedule, kv_len):
+        assert kv_len == int(positions.max()) + 1  # the eager path's exact length
+        logits = exact_decode(tokens, positions, schedule, engine.kv_bucket(kv_len))
+        step_logits.setdefault("bucketed", []).append(logits)
+        return logits
+
+    for k, v in zip(engine.cache.k, engine.cache.v):
+        k.normal_(std=50.0)
+        v.normal_(std=50.0)
+    monkeypatch.setattr(engine, "_decode_fn", bucketed)
+    got = engine.generate(prompts, 12, SamplingParams())
+    assert len(step_logits["bucketed"]) == 11
+    assert got.output_ids == exact.output_ids
+    monkeypatch.setattr(engine, "_decode_fn", exact_decode)
+    reference = []
+    monkeypatch.setattr(engine, "_decode_fn", lambda *a: reference.append(exact_decode(*a)) or reference[-1])
+    engine.generate(prompts, 12, SamplingParams())
+    assert max((a - b).abs().max().item() for a, b in zip(step_logits["bucketed"], reference)) <= 1e-5

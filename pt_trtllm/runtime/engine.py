@@ -39,30 +39,34 @@ class Generation:
     """[batch, prompt_len, vocab] float32, when asked for."""
 
 
+KV_BUCKET = 256
+"""Cache positions per KV-length bucket of the bucketed decode graphs (TrackEngine kv_buckets)."""
+
+
 class TrackEngine:
     """One rank of a PT model served on `comm.world_size` ranks (one track each)."""
 
     def __init__(self, engine_dir: str | Path, comm: Communicator, device: torch.device, max_batch: int = 8,
                  max_len: int | None = None, dtype: torch.dtype | None = None, cuda_graphs: bool = True,
-                 compile: bool = False):
+                 compile: bool = False, kv_buckets: bool = False):
         cfg, raw = read_rank_config(engine_dir)
         if comm.world_size != cfg.num_tracks:
             raise CheckpointError(f"{engine_dir} has {cfg.num_tracks} tracks and needs exactly {cfg.num_tracks} "
                                   f"ranks (mpirun -n {cfg.num_tracks}); this run has {comm.world_size}")
         merge = make_merge(merge_impl_of(raw), cfg.combine_op, cfg.num_tracks, comm)
         model, lm_head, cfg = load_rank(engine_dir, comm.rank, merge, device, dtype)
-        self._setup(model, lm_head, comm, device, max_batch, max_len, cuda_graphs, compile)
+        self._setup(model, lm_head, comm, device, max_batch, max_len, cuda_graphs, compile, kv_buckets)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, lm_head: torch.Tensor, comm: Communicator, device: torch.device,
                    max_batch: int = 8, max_len: int | None = None, cuda_graphs: bool = True,
-                   compile: bool = False) -> "TrackEngine":
+                   compile: bool = False, kv_buckets: bool = False) -> "TrackEngine":
         """An engine around a one-track `PTModel` built in memory (e.g. random weights on a GPU)."""
         engine = cls.__new__(cls)
-        engine._setup(model, lm_head, comm, device, max_batch, max_len, cuda_graphs, compile)
+        engine._setup(model, lm_head, comm, device, max_batch, max_len, cuda_graphs, compile, kv_buckets)
         return engine
 
-    def _setup(self, model, lm_head, comm, device, max_batch, max_len, cuda_graphs, compile) -> None:
+    def _setup(self, model, lm_head, comm, device, max_batch, max_len, cuda_graphs, compile, kv_buckets) -> None:
         self.model, self.lm_head, self.cfg = model, lm_head, model.config
         self.comm, self.device, self.dtype = comm, device, lm_head.dtype
         cfg = self.cfg
@@ -71,17 +75,22 @@ class TrackEngine:
         self.cache = SlotKVCache(cfg.num_hidden_layers, max_batch, cfg.kv_heads_per_track, self.max_len,
                                  cfg.head_dim, self.dtype, device, [cfg.window(i) for i in range(cfg.num_hidden_layers)])
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
-        self._graphs: dict[tuple[int, str], _DecodeGraph] = {}
+        # kv_buckets: one decode graph per batch size AND cache length bucket (KV_BUCKET positions),
+        # so a step reads the cache up to the batch's longest sequence, rounded up, instead of all
+        # max_len positions; the graphs share one memory pool (they never run at once)
+        self.kv_buckets = kv_buckets and self.cuda_graphs
+        self._graph_pool = torch.cuda.graph_pool_handle() if self.kv_buckets else None
+        self._graphs: dict[tuple[int, str, int], _DecodeGraph] = {}
         # torch.compile fuses each decode step's small ops (merges stay eager: graph breaks); it
         # specializes on shapes, so compiled steps attend to the whole cache length, masked
         self.compiled = compile
         self._decode_fn = self._decode
         if compile:
-            import torch._dynamo
+            from torch import _dynamo
 
             # every merge is a graph break, and dynamo compiles each resume point: up to 2L of them
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit,
-                                                        4 * cfg.num_hidden_layers + 8)
+            _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit,
+                                                  4 * cfg.num_hidden_layers + 8)
             self._decode_fn = torch.compile(self._decode, dynamic=False)
 
     # ---- forward passes --------------------------------------------------------------------------
@@ -106,13 +115,23 @@ class TrackEngine:
         last = hidden[torch.arange(len(prompts), device=self.device), lens - 1]  # [b, H]
         return F.linear(last, self.lm_head).float()
 
+    def kv_bucket(self, needed: int) -> int:
+        """The cache length a bucketed decode graph attends to for `needed` positions: the next
+        multiple of KV_BUCKET, at most max_len."""
+        return min(self.max_len, -(-needed // KV_BUCKET) * KV_BUCKET)
+
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, schedule: str) -> torch.Tensor:
-        """One token for each of slots 0..n-1 (tokens, positions: [n]) -> logits [n, V] (float32)."""
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, schedule: str,
+               max_position: int | None = None) -> torch.Tensor:
+        """One token for each of slots 0..n-1 (tokens, positions: [n]) -> logits [n, V] (float32).
+        `max_position` = max(positions), when the caller knows it (saves a device sync)."""
         if self.cuda_graphs:
-            key = (tokens.shape[0], schedule)
+            kv_len = self.max_len
+            if self.kv_buckets:
+                kv_len = self.kv_bucket(1 + (int(positions.max()) if max_position is None else max_position))
+            key = (tokens.shape[0], schedule, kv_len)
             if key not in self._graphs:
-                self._graphs[key] = _DecodeGraph(self, tokens.shape[0], schedule)
+                self._graphs[key] = _DecodeGraph(self, tokens.shape[0], schedule, kv_len)
             return self._graphs[key].replay(tokens, positions)
         kv_len = self.max_len if self.compiled else int(positions.max()) + 1
         return self._decode_fn(tokens, positions, schedule, kv_len)
@@ -163,13 +182,15 @@ class TrackEngine:
         self._sync()
         ttft = time.perf_counter() - start
         positions = torch.tensor([len(p) for p in prompts], device=self.device)
+        last = max(len(p) for p in prompts)  # max(positions), kept on the host
         steps = []
         for _ in range(max_output_len - 1):
             if all(done):
                 break
             t0 = time.perf_counter()
-            tokens = self.sample_and_broadcast(self.decode(tokens, positions, schedule), params, generator)
+            tokens = self.sample_and_broadcast(self.decode(tokens, positions, schedule, last), params, generator)
             positions += 1
+            last += 1
             for i, t in enumerate(tokens.tolist()):
                 if not done[i]:
                     out[i].append(t)
@@ -188,29 +209,31 @@ class TrackEngine:
 
 
 class _DecodeGraph:
-    """A CUDA graph of one decode step for n slots (the whole cache length is attended, masked),
-    so decode steps are not bound by Python launch overhead. Collectives recorded at capture are
-    replayed by the graph and counted on each replay."""
+    """A CUDA graph of one decode step for n slots attending to the first kv_len cache positions
+    (masked per slot: the whole cache, or a KV-length bucket), so decode steps are not bound by
+    Python launch overhead. Collectives recorded at capture are replayed by the graph and counted
+    on each replay."""
 
-    def __init__(self, engine: TrackEngine, n: int, schedule: str):
+    def __init__(self, engine: TrackEngine, n: int, schedule: str, kv_len: int):
         self.engine = engine
         comm, device = engine.comm, engine.device
         self.tokens = torch.zeros(n, dtype=torch.long, device=device)
-        # warm-up and capture write (garbage) at the last position, which every sequence
-        # overwrites itself before it attends to it; a ring has no such entry: it is restored
-        self.positions = torch.full((n,), engine.max_len - 1, dtype=torch.long, device=device)
+        # warm-up and capture write (garbage) at position kv_len - 1 of slots 0..n-1, which holds no
+        # live entry (the batch's sequences are all before it: kv_len > max(positions)) and which
+        # every sequence overwrites itself before it attends to it; rings are restored
+        self.positions = torch.full((n,), kv_len - 1, dtype=torch.long, device=device)
         rings = [(t, t.clone()) for t in engine.cache.rings()]
         calls, sizes = comm.calls.copy(), comm.bytes.copy()
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):  # warm up outside the graph (initializes NCCL, compiles)
             for _ in range(2):
-                engine._decode_fn(self.tokens, self.positions, schedule, engine.max_len)
+                engine._decode_fn(self.tokens, self.positions, schedule, kv_len)
         torch.cuda.current_stream(device).wait_stream(stream)
         warm_calls, warm_bytes = comm.calls.copy(), comm.bytes.copy()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = engine._decode_fn(self.tokens, self.positions, schedule, engine.max_len)
+        with torch.cuda.graph(self.graph, pool=engine._graph_pool):
+            self.logits = engine._decode_fn(self.tokens, self.positions, schedule, kv_len)
         self.calls, self.bytes = comm.calls - warm_calls, comm.bytes - warm_bytes  # what one replay runs
         comm.calls, comm.bytes = calls, sizes  # count the steps that are served, not the warm-up
         for ring, saved in rings:

@@ -66,7 +66,7 @@ def run_plan(engine, plan: StepPlan, schedule: str) -> tuple[torch.Tensor | None
     if plan.decode_tokens:
         tokens = torch.tensor(plan.decode_tokens, dtype=torch.long, device=engine.device)
         positions = torch.tensor(plan.decode_positions, dtype=torch.long, device=engine.device)
-        decode = engine.decode(tokens, positions, schedule)
+        decode = engine.decode(tokens, positions, schedule, max(plan.decode_positions))
     return prefill, decode
 
 

@@ -124,7 +124,7 @@ def serve(args) -> int:
             raise ValueError(f"--max_batch_size must be >= 1, got {args.max_batch_size}")
         max_len = args.max_seq_len or min(read_rank_config(args.engine_dir)[0].max_position_embeddings, 4096)
         engine = TrackEngine(args.engine_dir, comm, device, max_batch=args.max_batch_size, max_len=max_len,
-                             cuda_graphs=not args.no_cuda_graphs)
+                             cuda_graphs=not args.no_cuda_graphs, kv_buckets=args.kv_buckets)
         if args.max_seq_len is not None and args.max_seq_len > engine.max_len:
             raise ValueError(f"--max_seq_len {args.max_seq_len} exceeds max_position_embeddings {engine.max_len}")
         schedule = check_schedule(args.schedule or engine.cfg.merge_schedule, "server", engine.cfg)

@@ -141,13 +141,16 @@ def mpirun_run(engine_dir, tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 @needs_two_gpus
 @pytest.mark.parametrize("schedule", ["block", "sublayer"])
-def test_engines_give_the_pytorch_runtime_tokens(tiny, engines, tmp_path, schedule):
+@pytest.mark.parametrize("built", ["engines", "plugin_engines"])
+def test_engines_give_the_pytorch_runtime_tokens(tiny, request, tmp_path, schedule, built):
     """Same fp16 checkpoint, same schedule, greedy: the engines' tokens are the PyTorch runtime's;
-    the prefill logits are the fp32 single-process model's within fp16 accuracy."""
+    the prefill logits are the fp32 single-process model's within fp16 accuracy. For engines whose
+    merges are AllReduce nodes and for engines whose merges are PTTrackMerge nodes (the runner
+    loads the plugin library before deserializing them)."""
     model, ckpt = tiny
     ref = mpirun_run(ckpt, tmp_path, "--schedule", schedule, "--output_json", str(tmp_path / "ref.json"))
     assert ref.returncode == 0, ref.stderr[-3000:]
-    r = mpirun_run(engines[schedule], tmp_path, "--output_json", str(tmp_path / "trt.json"), "--output_logits",
+    r = mpirun_run(request.getfixturevalue(built)[schedule], tmp_path, "--output_json", str(tmp_path / "trt.json"), "--output_logits",
                    str(tmp_path / "logits.npy"))
     assert r.returncode == 0, r.stderr[-3000:]
     out, expected = json.loads((tmp_path / "trt.json").read_text()), json.loads((tmp_path / "ref.json").read_text())
@@ -184,24 +187,8 @@ def plugin_engines(tiny, tmp_path_factory):
 
 
 def test_pt_plugin_engines_record_their_merge_impl(plugin_engines):
+    """build.py --merge_impl pt_plugin writes merge_impl and the schedule into each engine's config."""
     for schedule, path in plugin_engines.items():
         recorded = json.loads((path / "config.json").read_text())["pretrained_config"]
         assert (recorded["merge_schedule"], recorded["merge_impl"]) == (schedule, "pt_plugin")
 
-
-@needs_two_gpus
-@pytest.mark.parametrize("schedule", ["block", "sublayer"])
-def test_pt_plugin_engines_give_the_pytorch_runtime_tokens(tiny, plugin_engines, tmp_path, schedule):
-    """As test_engines_give_the_pytorch_runtime_tokens, the merges being PTTrackMerge nodes (the
-    runner loads the library before deserializing the engines)."""
-    model, ckpt = tiny
-    ref = mpirun_run(ckpt, tmp_path, "--schedule", schedule, "--output_json", str(tmp_path / "ref.json"))
-    assert ref.returncode == 0, ref.stderr[-3000:]
-    r = mpirun_run(plugin_engines[schedule], tmp_path, "--output_json", str(tmp_path / "trt.json"), "--output_logits",
-                   str(tmp_path / "logits.npy"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    out, expected = json.loads((tmp_path / "trt.json").read_text()), json.loads((tmp_path / "ref.json").read_text())
-    assert out["output_ids"] == expected["output_ids"]
-    with torch.no_grad():
-        ref_logits = model(torch.tensor(PROMPTS), schedule=schedule).logits.numpy()
-    assert float(np.abs(np.load(tmp_path / "logits.npy") - ref_logits).max()) <= 5e-2

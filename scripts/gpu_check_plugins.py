@@ -284,7 +284,8 @@ def main() -> int:
     for name in ("cpu_json", "gpu_json", "cpu_logits", "gpu_logits"):
         p.add_argument(f"--{name}")
     args = p.parse_args()
-    torch.cuda.set_device(CUDA)
+    if args.what != "compare":
+        torch.cuda.set_device(CUDA)
     result = globals()[args.what](args)
     rank_suffix = f"_T{result['T']}" if "T" in result else ""
     if result.get("rank", 0) == 0:

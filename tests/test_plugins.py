@@ -165,3 +165,35 @@ def test_the_library_is_found_or_named_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(plugin_lib, "BUILD_DIR", tmp_path / "build")
     with pytest.raises(plugin_lib.PluginLibraryError, match="not found: build it with `make plugins`"):
         plugin_lib.library_path()
+
+
+def test_the_gpu_stage_compares_the_plugin_run_with_the_cpu_run(tmp_path):
+    """scripts/gpu_check_plugins.py compare (the plugins stage's last step, which needs no GPU):
+    it passes a pt_plugin run with the CPU run's tokens and logits within 1e-3, and fails one whose
+    tokens differ, whose logits are further off, or that did not run on the plugin."""
+    import json
+
+    import numpy as np
+
+    def write(name, ids, logits, communicator):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"output_ids": ids, "world_size": 2,
+                                                           "communicator": communicator}))
+        np.save(tmp_path / f"{name}.npy", np.asarray(logits, dtype=np.float32))
+
+    def compare(gpu):
+        done = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check_plugins.py"), "compare", "--out",
+                               str(tmp_path / "out"), "--cpu_json", str(tmp_path / "cpu.json"), "--gpu_json",
+                               str(tmp_path / f"{gpu}.json"), "--cpu_logits", str(tmp_path / "cpu.npy"),
+                               "--gpu_logits", str(tmp_path / f"{gpu}.npy")], capture_output=True, text=True)
+        return done.returncode, json.loads((tmp_path / "out" / "plugins_compare_T2.json").read_text())
+
+    write("cpu", [[1, 2, 3]], [[0.5, 0.25]], "mpi4py")
+    write("same", [[1, 2, 3]], [[0.5005, 0.25]], "pt_plugin")
+    write("tokens", [[1, 2, 4]], [[0.5, 0.25]], "pt_plugin")
+    write("logits", [[1, 2, 3]], [[0.502, 0.25]], "pt_plugin")
+    write("nccl", [[1, 2, 3]], [[0.5, 0.25]], "nccl")
+    assert compare("same") == (0, {"T": 2, "tokens_equal": True, "max_abs_logit_diff": pytest.approx(5e-4, abs=1e-6),
+                                   "gpu_communicator": "pt_plugin", "ok": True})
+    for bad in ("tokens", "logits", "nccl"):
+        status, result = compare(bad)
+        assert status == 1 and result["ok"] is False, (bad, result)

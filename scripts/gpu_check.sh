@@ -14,7 +14,8 @@
 # perf     scripts/gpu_perf.py: the latency model's inputs for one pt-30b-d8 track, bf16: decode steps at
 #          batch 1, 8, 64, 256 with a 1024-token cache (CUDA graphs; compiled too at batch 1), prefill of
 #          1k-16k tokens, the measured read bandwidth, the top kernels of a batch-1 step per mode
-#          (torch.profiler) -> $OUT/perf.json (< 6 min); commit it as
+#          (torch.profiler) -> $OUT/perf.json; then one pt-moe-afm track at batch 1 and 8 (the bound
+#          counting the routed experts only) -> $OUT/perf-moe.json (< 6 min in all); commit them as
 #          docs/results/perf-<gpu>.json and pass it to scripts/latency_model.py --steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,7 +66,12 @@ PY
 }
 
 stage_perf() {
-  PYTHONPATH=. timeout 360 python3 scripts/gpu_perf.py --profile --out "$OUT/perf.json"
+  local rc=0
+  PYTHONPATH=. timeout 240 python3 scripts/gpu_perf.py --profile --out "$OUT/perf.json" || rc=1
+  # the AFM-shaped PT-MoE track (37 GB of bf16 weights): CUDA graphs only, the bound counts the routed experts
+  PYTHONPATH=. timeout 120 python3 scripts/gpu_perf.py --preset pt-moe-afm --batches 1,8 --modes cuda_graph \
+    --prefill_tokens 1024,4096 --serve_cache 0 --profile --out "$OUT/perf-moe.json" || rc=1
+  return $rc
 }
 
 stage_plugins() {

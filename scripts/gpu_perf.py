@@ -7,7 +7,8 @@ the `none` schedule (one GPU has no peer to merge with: this is the track's own 
 - decode: one step per batch size in --batches at each context in --contexts, the KV cache sized to
   exactly that context (so a CUDA-graph step reads the weights once and `context` cached tokens per
   sequence), for each mode in --modes (cuda_graph; compile_cuda_graph only at batch 1: minutes of
-  compiling). Next to each: the bound, (weight bytes + KV bytes read) / the measured read bandwidth;
+  compiling). Next to each: the bound, (weight bytes + KV bytes read) / the measured read bandwidth,
+  the weights of a mixture-of-experts preset counting only the routed experts (weight_bytes);
   with --profile, the top operations of a batch-1 step by self time on the device (torch.profiler);
   with --serve_cache N (CUDA), the same step in a cache of N positions as a server sizes it, over the
   whole cache (the previous decode path) and with --kv_buckets (graphs per 256-position bucket);
@@ -34,7 +35,7 @@ from pt_trtllm import PTConfig  # noqa: E402
 from pt_trtllm.cli import write_atomic  # noqa: E402
 from pt_trtllm.latency_model import kv_bytes_per_token, prefill_flops  # noqa: E402
 from pt_trtllm.merge import AllReduceMerge  # noqa: E402
-from pt_trtllm.modeling import PTModel  # noqa: E402
+from pt_trtllm.modeling import Experts, PTModel  # noqa: E402
 from pt_trtllm.runtime.comm import Communicator  # noqa: E402
 from pt_trtllm.runtime.engine import TrackEngine  # noqa: E402
 
@@ -76,8 +77,23 @@ def one_track(cfg: PTConfig, device: torch.device, dtype: torch.dtype):
     torch.set_default_dtype(previous)
     model.fuse()
     model.eval().requires_grad_(False)
-    weights = sum(p.numel() * p.element_size() for p in model.tracks.parameters()) + model.norm.weight.nbytes
-    return model, lm_head, weights + lm_head.numel() * lm_head.element_size()
+    return model, lm_head
+
+
+def weight_bytes(model: PTModel, lm_head: torch.Tensor, batch: int) -> int:
+    """The weight bytes one decode step of `batch` tokens must read: the track's layers, the final
+    norm and the LM head; of each mixture of experts only the routed experts, at most
+    min(E, batch x top_k) of them (the most a step can touch: a bound, not what routing picks)."""
+    def nbytes(params) -> int:
+        return sum(p.numel() * p.element_size() for p in params)
+
+    total = nbytes(model.tracks.parameters()) + model.norm.weight.nbytes + nbytes([lm_head])
+    top_k = model.config.num_experts_per_token or 0
+    for m in model.modules():
+        if isinstance(m, Experts):
+            every = nbytes(m.parameters())
+            total += every * min(m.num_experts, batch * top_k) // m.num_experts - every
+    return total
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:
@@ -109,10 +125,11 @@ def top_kernels(fn, device: torch.device, steps: int = 5, top: int = 15) -> list
             for e in rows[:top]]
 
 
-def decode_points(args, cfg, model, lm_head, weights, bandwidth, device) -> list[dict]:
+def decode_points(args, cfg, model, lm_head, bandwidth, device) -> list[dict]:
     comm, points = Communicator(0, 1), []
     for context in args.contexts:
         for batch in args.batches:
+            weights = weight_bytes(model, lm_head, batch)
             kv = context * batch * kv_bytes_per_token(cfg) * lm_head.element_size() // 2
             point = {"preset": args.preset, "batch": batch, "context": context, "schedule": "none",
                      "weights_read_GB": weights / 1e9, "kv_read_GB": kv / 1e9, "bound_ms": 1e3 * (weights + kv) / bandwidth}
@@ -211,8 +228,8 @@ def main(argv=None) -> int:
                         "is sized to its context and left unfilled (a step reads it whole either way)"]
               + ([f"max_position_embeddings raised to {longest} for the longest point"] if raised else [])}
     print(json.dumps(report), flush=True)
-    model, lm_head, weights = one_track(cfg, device, getattr(torch, args.dtype))
-    report["decode"] = decode_points(args, cfg, model, lm_head, weights, bandwidth, device)
+    model, lm_head = one_track(cfg, device, getattr(torch, args.dtype))
+    report["decode"] = decode_points(args, cfg, model, lm_head, bandwidth, device)
     report["prefill"] = prefill_points(args, cfg, model, lm_head, device)
     report["seconds"] = time.perf_counter() - started
     write_atomic(args.out, (json.dumps(report, indent=2) + "\n").encode())

@@ -157,3 +157,22 @@ def test_the_perf_stage_writes_what_the_model_reads(tmp_path):
     kv = 24 * 2 * kv_bytes_per_token(cfg) * 2  # float32: twice the model's bf16 bytes per token
     assert point["kv_read_GB"] * 1e9 == kv
     assert point["bound_ms"] == pytest.approx(1e3 * (point["weights_read_GB"] * 1e9 + kv) / (steps["read_bandwidth_TBps"] * 1e12))
+
+
+def test_the_perf_stage_bounds_a_moe_step_by_its_routed_experts(tmp_path):
+    """For a mixture-of-experts preset the decode bound counts only the experts a step can route
+    to: tiny-moe has 4 sparse layers of 8 experts (top-2) of 3 x 256 x 256 float32 weights, so a
+    batch of 2 reads 2 more experts per sparse layer than a batch of 1, and a batch of 8 all 8."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "perf.json"
+    done = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "scripts/gpu_perf.py"), "--device", "cpu",
+                           "--dtype", "float32", "--preset", "tiny-moe", "--batches", "1,2,8", "--contexts", "8",
+                           "--prefill_tokens", "8", "--modes", "eager", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    read = {p["batch"]: round(p["weights_read_GB"] * 1e9) for p in json.loads(out.read_text())["decode"]}
+    expert = 3 * 256 * 256 * 4
+    assert read[2] - read[1] == 4 * 2 * expert
+    assert read[8] - read[1] == 4 * 6 * expert

@@ -12,11 +12,12 @@
 #          what scripts/gpu_carry.sh prepares on a development machine in work/carry (carry it): the
 #          built library and the mpich + mpi4py wheels unpacked (the device has no pip).
 # perf     scripts/gpu_perf.py: the latency model's inputs for one pt-30b-d8 track, bf16: decode steps at
-#          batch 1, 8, 64, 256 with a 1024-token cache (CUDA graphs; compiled too at batch 1), prefill of
-#          1k-16k tokens, the measured read bandwidth, the top kernels of a batch-1 step per mode
+#          batch 1, 8, 64, 256 with a 1024-token cache (CUDA graphs; compiled too at batch 1), the same
+#          steps in a 4096-position cache over the whole cache and with --kv_buckets, prefill of 1k-16k tokens, the measured read bandwidth, the top kernels of a batch-1 step per mode
 #          (torch.profiler) -> $OUT/perf.json; then one pt-moe-afm track at batch 1 and 8 (the bound
 #          counting the routed experts only) -> $OUT/perf-moe.json (< 6 min in all); commit them as
-#          docs/results/perf-<gpu>.json and pass it to scripts/latency_model.py --steps.
+#          docs/results/perf-<gpu>.json (and perf-moe-<gpu>.json) and pass the first to
+#          scripts/latency_model.py --steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-work/gpu_check}

@@ -8,14 +8,14 @@
 # runtime  scripts/gpu_check.py: CUDA vs CPU parity, NCCL inside a CUDA graph, decode speed (< 5 min).
 # plugins  libpt_trtllm_plugins.so (plugins/): scripts/gpu_check_plugins.py's kernels, latency and one-shot
 #          checks (T = 2, 3, 4 processes on the one GPU), then run.py --comm pt_plugin (one-shot, T = 2
-#          and 3 on the one GPU) against the CPU mpi4py run of the same checkpoint (< 4 min). It needs
-#          what scripts/gpu_carry.sh prepares on a development machine in work/carry (carry it): the
-#          built library and the mpich + mpi4py wheels unpacked (the device has no pip).
+#          and 3 on the one GPU) against the CPU mpi4py run of the same checkpoint (sized for 4 min, not
+#          yet timed). It needs what scripts/gpu_carry.sh prepares on a development machine in work/carry
+#          (carry it): the built library and the mpich + mpi4py wheels unpacked (the device has no pip).
 # perf     scripts/gpu_perf.py: the latency model's inputs for one pt-30b-d8 track, bf16: decode steps at
 #          batch 1, 8, 64, 256 with a 1024-token cache (CUDA graphs; compiled too at batch 1), the same
 #          steps in a 4096-position cache over the whole cache and with --kv_buckets, prefill of 1k-16k tokens, the measured read bandwidth, the top kernels of a batch-1 step per mode
 #          (torch.profiler) -> $OUT/perf.json; then one pt-moe-afm track at batch 1 and 8 (the bound
-#          counting the routed experts only) -> $OUT/perf-moe.json (< 6 min in all); commit them as
+#          counting the routed experts only) -> $OUT/perf-moe.json (sized for 6 min, not yet timed); commit them as
 #          docs/results/perf-<gpu>.json (and perf-moe-<gpu>.json) and pass the first to
 #          scripts/latency_model.py --steps.
 set -euo pipefail

@@ -20,6 +20,7 @@ import time
 import torch
 
 from pt_trtllm import PTConfig
+from pt_trtllm.cli import write_atomic
 from pt_trtllm.measure import machine_line
 from pt_trtllm.modeling import PTModel
 from pt_trtllm.runtime.comm import Communicator
@@ -92,8 +93,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output_md:
-        with open(args.output_md, "w") as f:
-            f.write(text)
+        write_atomic(args.output_md, text.encode())
     return 0
 
 

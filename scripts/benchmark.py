@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
+from pt_trtllm.cli import write_atomic
 from pt_trtllm.measure import machine_line, summary
 from pt_trtllm.runtime.launch import setup, start_on_all_ranks
 from pt_trtllm.runtime.sampling import SamplingParams
@@ -217,11 +218,9 @@ def main(argv=None) -> int:
     print(md)
     record = {"header": header, "rows": rows, "goals": goal_rows(rows), "hf_comparison": hf}
     if args.output_json:
-        with open(args.output_json, "w") as f:
-            json.dump(record, f, indent=2)
+        write_atomic(args.output_json, json.dumps(record, indent=2).encode())
     if args.output_md:
-        with open(args.output_md, "w") as f:
-            f.write(md)
+        write_atomic(args.output_md, md.encode())
     return 0
 
 

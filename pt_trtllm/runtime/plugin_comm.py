@@ -184,7 +184,7 @@ class PluginMerge(Merge):
         weight = norm.weight.to(h.dtype).contiguous() if norm is not None else None
         ctx = self.comm.context(self.combine_op, h.dtype, hidden)
         self.comm._count("merge", h2)
-        norms = _Norms(0, 0.0, 0, 0.0, weight.data_ptr() if weight is not None else 0, norm.eps if norm else 0.0)
+        norms = _Norms(0, 0.0, 0, 0.0, weight.data_ptr() if weight is not None else 0, norm.eps if norm is not None else 0.0)
         stream = torch.cuda.current_stream(h.device).cuda_stream
         for start in range(0, h2.shape[0], MAX_ROWS):
             rows = min(MAX_ROWS, h2.shape[0] - start)

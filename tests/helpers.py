@@ -13,6 +13,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -186,3 +188,16 @@ def report(what: str, diff: float) -> str:
 def random_ids(vocab: int, shape: tuple[int, ...], seed: int = 0, low: int = 3) -> torch.Tensor:
     """Token ids avoiding the few special ids at the bottom of the vocabulary."""
     return torch.randint(low, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def run_clients(client, jobs: list, clients: int = 16, timeout: float = 600) -> tuple[float, int]:
+    """`client(share)` on `clients` threads, thread i taking jobs[i::clients]: the seconds they took
+    and how many threads were still running (each is joined for at most `timeout`, so a load test's
+    loop stays bounded)."""
+    start = time.monotonic()
+    threads = [threading.Thread(target=client, args=(jobs[i::clients],)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return time.monotonic() - start, sum(t.is_alive() for t in threads)

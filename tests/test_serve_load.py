@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import random
 import threading
-import time
 
 import pytest
 
-from helpers import make_pt_model
+from helpers import make_pt_model, run_clients
 from pt_trtllm.convert.writer import convert
 from pt_trtllm.serve_tools.client import infer, request_inputs, stream
 from pt_trtllm.serve_tools.launcher import ServerProcess
@@ -57,17 +56,11 @@ def test_1000_requests_from_16_clients_all_match_run_py(served):
                 if error:
                     failures.append(error)
 
-    start = time.monotonic()
-    threads = [threading.Thread(target=client, args=(jobs[i::16],)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    elapsed = time.monotonic() - start
+    elapsed, still_running = run_clients(client, jobs)
     tokens = sum(n for _, n, _ in jobs)
     print(f"1000 requests ({tokens} tokens) from 16 clients in {elapsed:.1f} s: {1000 / elapsed:.1f} req/s, "
           f"{tokens / elapsed:.0f} tok/s, {len(failures)} failures")
-    assert done[0] == 1000 and not any(t.is_alive() for t in threads)
+    assert done[0] == 1000 and still_running == 0
     assert failures == [], failures[:5]
     assert server.ready()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_pt_model
+from helpers import make_pt_model, run_clients
 from pt_trtllm.convert.writer import convert
 from pt_trtllm.serve.openai_protocol import OpenAIError, parse_request
 from pt_trtllm.serve.requests import Limits
@@ -313,17 +313,11 @@ def test_500_streams_from_16_clients(served, client, tokenizer, reference):
                 if error:
                     failures.append(error)
 
-    start = time.monotonic()
-    threads = [threading.Thread(target=run, args=(jobs[i::16],)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    elapsed = time.monotonic() - start
+    elapsed, still_running = run_clients(run, jobs)
     rss["end"] = rss_kib(rank0)
     print(f"500 streams from 16 clients in {elapsed:.1f} s, {len(failures)} failures; rank 0 RSS {rss['first']} KiB "
           f"after 50, {rss['end']} KiB after 500")
-    assert done[0] == 500 and not any(t.is_alive() for t in threads)
+    assert done[0] == 500 and still_running == 0
     assert failures == [], failures[:5]
     assert abs(rss["end"] - rss["first"]) <= 0.10 * rss["first"]
 
